@@ -1,0 +1,80 @@
+"""`DistillationTrainingArguments`: the training arguments plus the distillation settings."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from hf_enhance.distillation.losses import DIVERGENCE_KINDS, check_distillation_settings
+from hf_enhance.training import EnhancedTrainingArguments
+
+DISTILLATION_TASKS: tuple[str, ...] = ("auto", "causal_lm", "classification", "token_classification")
+
+
+@dataclass
+class DistillationTrainingArguments(EnhancedTrainingArguments):
+    """`EnhancedTrainingArguments` (early stopping, clipping) plus what distillation needs.
+
+    loss = alpha · T² · D(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels)
+    """
+
+    alpha: float = field(
+        default=0.5,
+        metadata={
+            "help": "Weight of the distillation term in [0, 1]: 1 = pure distillation, 0 = labels only."
+        },
+    )
+    temperature: float = field(
+        default=2.0,
+        metadata={
+            "help": "Softening temperature T > 0 applied to both models' logits in the distillation term."
+        },
+    )
+    distillation_loss: str = field(
+        default="forward_kl",
+        metadata={
+            "help": "Divergence between teacher and student: forward_kl = KL(teacher‖student) (Hinton et al.), "
+            "reverse_kl = KL(student‖teacher), jsd = generalized Jensen-Shannon of GKD (see jsd_beta).",
+            "choices": list(DIVERGENCE_KINDS),
+        },
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={
+            "help": "JSD interpolation in [0, 1]: mixture M = beta·p_teacher + (1−beta)·p_student; 0 = forward "
+            "KL end, 1 = reverse KL end, 0.5 = symmetric JSD. Used only with distillation_loss='jsd'."
+        },
+    )
+    distillation_task: str = field(
+        default="auto",
+        metadata={
+            "help": "How logits align with labels: causal_lm (shift by one), classification ([B, C] vs [B]), "
+            "token_classification ([B, L, C] vs [B, L], no shift), or auto (from the student model's class).",
+            "choices": list(DISTILLATION_TASKS),
+        },
+    )
+    teacher_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Keyword arguments (dict or JSON string) for from_pretrained when teacher_model is a name or "
+            'path, e.g. \'{"dtype": "bfloat16"}\'. By default the teacher is loaded in the student\'s dtype.'
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_distillation_settings(self.alpha, self.temperature, self.distillation_loss, self.jsd_beta)
+        if self.distillation_task not in DISTILLATION_TASKS:
+            raise ValueError(
+                f"Unknown distillation_task {self.distillation_task!r}. Valid choices: "
+                f"{', '.join(DISTILLATION_TASKS)}."
+            )
+        if isinstance(self.teacher_model_init_kwargs, str):
+            try:
+                self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"teacher_model_init_kwargs={self.teacher_model_init_kwargs!r} is not valid JSON ({error}). "
+                    'Pass a JSON object such as \'{"dtype": "bfloat16"}\'.'
+                ) from error

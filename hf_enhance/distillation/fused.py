@@ -1,0 +1,254 @@
+"""The distillation objective fused with both output heads, chunked over tokens: no ``[N, V]`` tensor is held whole.
+
+`fused_distillation_loss` takes the final hidden states and the LM-head weights of the student and the teacher
+instead of their logits. It walks over the kept tokens ``chunk_size`` at a time; for each chunk it computes the
+student and teacher logits, evaluates `distillation_loss` on them (the very same function the unfused path uses,
+so values agree by construction) and differentiates it with autograd on that chunk alone. The chunk's logit
+gradient is folded straight into the gradients of the student's hidden states, head weight and bias, which are
+kept until backward (the scheme of Liger-Kernel's fused linear cross-entropy). Backward then only scales them by
+the incoming gradient: no recomputation, and memory is bounded by a few ``[chunk_size, V]`` float32 buffers plus
+one ``[V, H]`` float32 gradient accumulator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from hf_enhance.distillation.losses import (
+    DistillationOutput,
+    DivergenceKind,
+    check_distillation_settings,
+    distillation_loss,
+)
+
+DEFAULT_CHUNK_SIZE = 256
+"""Tokens per chunk; chosen from benchmarks/results/kd_loss_memory.md (N=2048, V=49152, H=576 on CPU)."""
+
+
+def fused_distillation_loss(
+    student_hidden: torch.Tensor,
+    student_head_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_head_weight: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    *,
+    student_head_bias: torch.Tensor | None = None,
+    teacher_head_bias: torch.Tensor | None = None,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+    kind: DivergenceKind = "forward_kl",
+    beta: float = 0.5,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ignore_index: int = -100,
+) -> DistillationOutput:
+    """`distillation_loss` on ``hidden @ head_weight.T (+ bias)`` of both models, without materialising the logits.
+
+    Args:
+        student_hidden: ``[..., H_s]`` final hidden states of the student (what its LM head consumes).
+        student_head_weight: ``[V, H_s]`` the student's output projection (e.g. ``lm_head.weight``).
+        teacher_hidden: ``[..., H_t]`` teacher hidden states with the same leading dims; no gradient flows in.
+        teacher_head_weight: ``[V, H_t]`` the teacher's output projection; no gradient flows in. ``V`` must equal
+            the student's: slice padded vocabulary rows (``weight[:V]``) before calling.
+        labels: ``[...]`` ids aligned with the hidden states (no shifting happens here: for causal LMs pass
+            ``hidden[:, :-1]`` with ``labels[:, 1:]``). ``ignore_index`` positions are skipped in both terms;
+            ``None`` distils every position with no label term.
+        student_head_bias, teacher_head_bias: optional ``[V]`` biases of the heads.
+        alpha, temperature, kind, beta, ignore_index: as in `distillation_loss`.
+        chunk_size: tokens per chunk. Peak extra memory grows with ``chunk_size * V``; see the benchmark.
+
+    Returns:
+        A `DistillationOutput` with the same values as `distillation_loss` on the materialised logits. Only
+        ``loss`` carries gradients (to the student's hidden states, head weight and bias, in their dtypes);
+        ``kd_loss`` and ``ce_loss`` are detached values for logging. For the gradient of the KD term alone, call
+        with ``alpha=1.0``. The logits are computed in the inputs' dtype and the objective in float32, exactly as
+        when a bf16 model's logits are passed to `distillation_loss`. Backward may run once per call.
+    """
+    check_distillation_settings(alpha, temperature, kind, beta)
+    hidden_size = _check_inputs(
+        student_hidden,
+        student_head_weight,
+        student_head_bias,
+        teacher_hidden,
+        teacher_head_weight,
+        teacher_head_bias,
+        labels,
+        chunk_size,
+    )
+    flat_student = student_hidden.reshape(-1, hidden_size[0])
+    flat_teacher = teacher_hidden.detach().reshape(-1, hidden_size[1])
+    flat_labels = None if labels is None else labels.reshape(-1)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (student_hidden, student_head_weight, student_head_bias)
+    )
+    settings = {
+        "alpha": alpha,
+        "temperature": temperature,
+        "kind": kind,
+        "beta": beta,
+        "chunk_size": chunk_size,
+        "ignore_index": ignore_index,
+        "needs_grad": needs_grad,
+    }
+    loss, kd, ce, num_tokens = _FusedDistillation.apply(
+        flat_student,
+        student_head_weight,
+        student_head_bias,
+        flat_teacher,
+        teacher_head_weight.detach(),
+        None if teacher_head_bias is None else teacher_head_bias.detach(),
+        flat_labels,
+        settings,
+    )
+    if labels is None:
+        return DistillationOutput(loss=loss, kd_loss=kd, ce_loss=None, num_tokens=num_tokens)
+    return DistillationOutput(loss=loss, kd_loss=kd, ce_loss=ce, num_tokens=num_tokens)
+
+
+class _FusedDistillation(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        student_hidden: torch.Tensor,
+        student_weight: torch.Tensor,
+        student_bias: torch.Tensor | None,
+        teacher_hidden: torch.Tensor,
+        teacher_weight: torch.Tensor,
+        teacher_bias: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        settings: dict[str, Any],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = student_hidden.device
+        if labels is None:
+            rows = torch.arange(student_hidden.shape[0], device=device)
+        else:
+            rows = (labels != settings["ignore_index"]).nonzero().squeeze(1)
+        num_tokens = rows.numel()
+        denominator = max(num_tokens, 1)
+        needs_grad = settings["needs_grad"]
+        grad_hidden = grad_weight = grad_bias = None
+        if needs_grad:
+            grad_hidden = torch.zeros_like(student_hidden)
+            grad_weight = torch.zeros_like(student_weight, dtype=torch.float32)
+            grad_bias = None if student_bias is None else torch.zeros_like(student_bias, dtype=torch.float32)
+        kd_sum = torch.zeros((), device=device, dtype=torch.float32)
+        ce_sum = torch.zeros((), device=device, dtype=torch.float32)
+        loss_settings = {k: settings[k] for k in ("alpha", "temperature", "kind", "beta")}
+        for start in range(0, num_tokens, settings["chunk_size"]):
+            chunk_rows = rows[start : start + settings["chunk_size"]]
+            chunk_size = chunk_rows.numel()
+            hidden = student_hidden.index_select(0, chunk_rows)
+            teacher_logits = F.linear(
+                teacher_hidden.index_select(0, chunk_rows), teacher_weight, teacher_bias
+            )
+            student_logits = F.linear(hidden, student_weight, student_bias).float()
+            chunk_labels = None if labels is None else labels.index_select(0, chunk_rows)
+            with torch.enable_grad():
+                student_logits.requires_grad_(needs_grad)
+                out = distillation_loss(student_logits, teacher_logits, chunk_labels, **loss_settings)
+                if needs_grad:
+                    # d(mean over the chunk)/d(logits) · chunk/N = d(mean over all N kept tokens)/d(logits).
+                    (grad_logits,) = torch.autograd.grad(
+                        out.loss, student_logits, torch.tensor(chunk_size / denominator, device=device)
+                    )
+            kd_sum += out.kd_loss.detach() * chunk_size
+            if out.ce_loss is not None:
+                ce_sum += out.ce_loss.detach() * chunk_size
+            if needs_grad:
+                grad_hidden.index_copy_(
+                    0,
+                    chunk_rows,
+                    (grad_logits.to(student_weight.dtype) @ student_weight).to(grad_hidden.dtype),
+                )
+                grad_weight.addmm_(grad_logits.t(), hidden.float())
+                if grad_bias is not None:
+                    grad_bias += grad_logits.sum(0)
+        kd = kd_sum / denominator
+        ce = ce_sum / denominator
+        loss = kd.clone() if labels is None else settings["alpha"] * kd + (1.0 - settings["alpha"]) * ce
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (student_weight.dtype, None if student_bias is None else student_bias.dtype)
+        ctx.mark_non_differentiable(kd, ce)
+        return loss, kd, ce, torch.tensor(num_tokens, device=device)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
+        if ctx.grads is None:
+            raise RuntimeError(
+                "fused_distillation_loss: backward ran a second time over the same loss. The fused objective "
+                "computes its gradients once, in forward, and hands them over on the first backward. Call "
+                "fused_distillation_loss again for a second backward pass (retain_graph is not supported)."
+            )
+        grad_hidden, grad_weight, grad_bias = ctx.grads
+        ctx.grads = None
+        weight_dtype, bias_dtype = ctx.dtypes
+        if grad_hidden is not None:
+            grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
+            grad_weight = grad_weight.mul_(grad_loss).to(weight_dtype)
+            if grad_bias is not None:
+                grad_bias = grad_bias.mul_(grad_loss).to(bias_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _check_inputs(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    student_bias: torch.Tensor | None,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    teacher_bias: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    chunk_size: int,
+) -> tuple[int, int]:
+    """Shape checks with errors that say what to pass instead; returns the two hidden sizes."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(
+            f"chunk_size={chunk_size!r} must be a positive int: it is the number of tokens whose [chunk, V] "
+            f"logits are held at once. The default, {DEFAULT_CHUNK_SIZE}, suits vocabularies around 50k."
+        )
+    for name, hidden, weight in (
+        ("student", student_hidden, student_weight),
+        ("teacher", teacher_hidden, teacher_weight),
+    ):
+        if weight.dim() != 2 or hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
+            raise ValueError(
+                f"The {name} head weight {tuple(weight.shape)} does not fit the {name} hidden states "
+                f"{tuple(hidden.shape)}: expected hidden [..., H] and a head weight [V, H] (nn.Linear layout, "
+                f"e.g. model.lm_head.weight) with the same H."
+            )
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise ValueError(
+            f"Student hidden states {tuple(student_hidden.shape)} and teacher hidden states "
+            f"{tuple(teacher_hidden.shape)} cover different positions; their leading dims must match (only the "
+            "hidden sizes may differ). Shift or trim both the same way."
+        )
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError(
+            f"The student head has {student_weight.shape[0]} vocabulary rows but the teacher head has "
+            f"{teacher_weight.shape[0]}. Both must predict over the same vocabulary; if the difference is "
+            "embedding padding, slice both weights (and biases) to the tokenizer's size: weight[:V]."
+        )
+    for name, bias in (("student_head_bias", student_bias), ("teacher_head_bias", teacher_bias)):
+        if bias is not None and tuple(bias.shape) != (student_weight.shape[0],):
+            raise ValueError(
+                f"{name} has shape {tuple(bias.shape)}, expected ({student_weight.shape[0]},): one entry per "
+                "vocabulary row of the head weight."
+            )
+    if labels is not None and labels.shape != student_hidden.shape[:-1]:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match the hidden states' leading dims "
+            f"{tuple(student_hidden.shape[:-1])}. Pass labels aligned with the hidden states (for causal LMs: "
+            "hidden[:, :-1] against labels[:, 1:])."
+        )
+    if student_hidden.dtype != student_weight.dtype and not torch.is_autocast_enabled(
+        student_hidden.device.type
+    ):
+        raise ValueError(
+            f"student_hidden is {student_hidden.dtype} but student_head_weight is {student_weight.dtype}. Cast "
+            "them to one dtype (the head's), or call under torch.autocast as the model's forward would run."
+        )
+    return student_hidden.shape[-1], teacher_hidden.shape[-1]

@@ -1,0 +1,186 @@
+"""`DistillationTrainer`: a `transformers.Trainer` that distils a frozen teacher into any student."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_enhance.distillation.arguments import DistillationTrainingArguments
+from hf_enhance.distillation.losses import distillation_loss
+from hf_enhance.distillation.teacher import (
+    detect_task,
+    freeze,
+    load_teacher,
+    logits_of,
+    output_size,
+    shared_output_size,
+    tokenizer_size,
+)
+from hf_enhance.training import EnhancedTrainer
+
+
+class DistillationTrainer(EnhancedTrainer):
+    """Trains `model` (the student) on alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(labels).
+
+    Takes every `transformers.Trainer` argument plus `teacher_model` (a model, or a name/path loaded with the
+    student's task class and dtype). The teacher is frozen (eval mode, no gradients), placed on the
+    accelerator's device, run under `torch.no_grad()` and the same autocast as the student, kept out of the
+    optimizer and out of checkpoints. The student may be a transformers model, a PEFT model, or any `nn.Module`
+    whose forward returns logits (or an object with `.logits`).
+
+    Causal LMs are shifted internally (logits[:, :-1] against labels[:, 1:]); classification compares `[B, C]`
+    logits with `[B]` labels. `kd_loss` and `ce_loss` are logged next to `loss`.
+    """
+
+    args: DistillationTrainingArguments
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        teacher_model: nn.Module | str | None = None,
+        args: DistillationTrainingArguments | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if args is None:
+            args = DistillationTrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, DistillationTrainingArguments):
+            raise TypeError(
+                f"args is a {type(args).__name__}, but DistillationTrainer needs DistillationTrainingArguments "
+                "(it carries alpha, temperature and the divergence). Build one with the same fields: "
+                "DistillationTrainingArguments(**your_args.to_dict()) or pass the distillation fields to it."
+            )
+        if model is None or teacher_model is None:
+            raise ValueError(
+                "DistillationTrainer needs both model= (the student) and teacher_model= (a model or a name/path)."
+            )
+        if teacher_model is model:
+            raise ValueError(
+                "teacher_model is the same object as model. The teacher must be a separate, frozen network: "
+                "training the student would change the teacher too. Load or copy the teacher separately "
+                "(e.g. copy.deepcopy(model) before training)."
+            )
+        task = args.distillation_task if args.distillation_task != "auto" else detect_task(model)
+        teacher = freeze(
+            load_teacher(teacher_model, model, task or "causal_lm", args.teacher_model_init_kwargs)
+        )
+        super().__init__(model=model, args=args, **kwargs)
+
+        self.distillation_task = task
+        self.teacher_model = self._place_teacher(teacher)
+        sizes = (output_size(model, task), output_size(teacher, task))
+        self._num_columns: int | None = None
+        self._columns_checked = None not in sizes
+        if self._columns_checked:
+            self._num_columns = shared_output_size(
+                *sizes, task or "classification", tokenizer_size(self.processing_class)
+            )
+        # Our loss honours `num_items_in_batch` whatever the student's forward signature: let Trainer count the
+        # label tokens (over labels[..., 1:] for causal LMs) and skip its own gradient-accumulation division.
+        self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = task == "causal_lm"
+        if not self.label_names:
+            self.label_names = ["labels"]
+        self._component_logs: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
+
+    def _place_teacher(self, teacher: nn.Module) -> nn.Module:
+        """Put the teacher on this rank's device unless it is already spread over devices (`device_map`)."""
+        if getattr(teacher, "hf_device_map", None) is None:
+            teacher = teacher.to(self.accelerator.device)
+        return teacher
+
+    def _aligned(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Shift for causal LMs, trim padded vocabulary columns, and check the output sizes once."""
+        if not self._columns_checked:
+            self._num_columns = shared_output_size(
+                student_logits.shape[-1],
+                teacher_logits.shape[-1],
+                self.distillation_task or "classification",
+                tokenizer_size(self.processing_class),
+            )
+            self._columns_checked = True
+        task = self.distillation_task
+        if task is None:
+            task = "classification" if student_logits.dim() == 2 else None
+            if task is None:
+                raise ValueError(
+                    f"The student returns logits of shape {tuple(student_logits.shape)} and its class "
+                    f"({type(self.model).__name__}) does not say how they align with the labels. Set "
+                    "DistillationTrainingArguments(distillation_task='causal_lm') to shift by one token, or "
+                    "'token_classification' to compare position by position."
+                )
+            self.distillation_task = task
+        if task == "causal_lm":
+            student_logits, teacher_logits = student_logits[:, :-1], teacher_logits[:, :-1]
+            labels = labels[:, 1:] if labels is not None else None
+        columns = self._num_columns
+        return student_logits[..., :columns], teacher_logits[..., :columns], labels
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is None and self.args.alpha < 1.0:
+            raise ValueError(
+                f"alpha={self.args.alpha} gives the label loss a weight of {1 - self.args.alpha:g}, but the batch "
+                f"has no 'labels' (keys: {', '.join(inputs)}). Add labels to the data (a 'labels' or 'label' "
+                "column, or DataCollatorForLanguageModeling(mlm=False) for causal LMs), or set alpha=1.0 for "
+                "pure distillation."
+            )
+        outputs = model(**inputs)
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_logits = logits_of(self.teacher_model(**inputs))
+        student_logits, teacher_logits, labels = self._aligned(logits_of(outputs), teacher_logits, labels)
+        result = distillation_loss(
+            student_logits,
+            teacher_logits,
+            labels,
+            alpha=self.args.alpha,
+            temperature=self.args.temperature,
+            kind=self.args.distillation_loss,  # type: ignore[arg-type]
+            beta=self.args.jsd_beta,
+        )
+        self._record(result.kd_loss, result.ce_loss)
+        loss = result.loss
+        if num_items_in_batch is not None:
+            # Means over this micro-batch become sums over the whole (accumulated, all-device) batch.
+            loss = loss * result.num_tokens / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes
+        if not isinstance(outputs, dict):
+            outputs = {"logits": logits_of(outputs)}
+        return (loss, outputs) if return_outputs else loss
+
+    def _record(self, kd_loss: torch.Tensor, ce_loss: torch.Tensor | None) -> None:
+        logs = self._component_logs["train" if self.model.training else "eval"]
+        logs["kd_loss"].append(kd_loss.detach())
+        if ce_loss is not None:
+            logs["ce_loss"].append(ce_loss.detach())
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        self._component_logs["eval"].clear()
+        return super().evaluation_loop(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean kd_loss / ce_loss since the last log (averaged over processes) next to `loss`."""
+        prefix = next((key[: -len("loss")] for key in logs if key.endswith("_loss")), None)
+        mode, prefix = ("train", "") if "loss" in logs else ("eval", prefix)
+        pending = self._component_logs[mode]
+        if prefix is not None and pending:
+            for name, values in pending.items():
+                mean = torch.stack(values).mean().to(self.accelerator.device)
+                logs[f"{prefix}{name}"] = round(self.accelerator.reduce(mean, reduction="mean").item(), 6)
+            pending.clear()
+        super().log(logs, start_time)

@@ -1,0 +1,217 @@
+"""Model-structure utilities shared across hf_enhance: meta-device skeletons, linear layers, repeated blocks.
+
+Everything here works on a model skeleton built on the ``meta`` device, so no weights are read or allocated:
+``meta_model(config)`` of a 70B config costs milliseconds and no memory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from os import PathLike
+
+import torch
+import transformers
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    PretrainedConfig,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.pytorch_utils import Conv1D
+
+__all__ = [
+    "TASK_MODEL_CLASSES",
+    "ModuleSite",
+    "head_module_names",
+    "linear_modules",
+    "meta_model",
+    "model_type",
+    "module_sites",
+    "repeated_blocks",
+]
+
+ModelOrConfig = nn.Module | PretrainedConfig | str | PathLike
+
+# PEFT ``TaskType`` values -> the transformers auto class whose module tree that task trains.
+TASK_MODEL_CLASSES: dict[str, type] = {
+    "CAUSAL_LM": AutoModelForCausalLM,
+    "SEQ_2_SEQ_LM": AutoModelForSeq2SeqLM,
+    "SEQ_CLS": AutoModelForSequenceClassification,
+    "TOKEN_CLS": AutoModelForTokenClassification,
+    "QUESTION_ANS": AutoModelForQuestionAnswering,
+    "FEATURE_EXTRACTION": AutoModel,
+    "MASKED_LM": AutoModelForMaskedLM,
+}
+
+_LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
+def _model_class(config: PretrainedConfig, task: str | None) -> type:
+    if task is not None:
+        key = str(getattr(task, "value", task)).upper()
+        if key not in TASK_MODEL_CLASSES:
+            raise ValueError(
+                f"Unknown task {task!r}. Valid tasks (PEFT TaskType values): {sorted(TASK_MODEL_CLASSES)}. "
+                "Pass one of them, or pass a model instead of a config."
+            )
+        return TASK_MODEL_CLASSES[key]
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None)
+        if cls is not None:
+            return cls
+    if getattr(config, "is_encoder_decoder", False):
+        return AutoModelForSeq2SeqLM
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return AutoModelForMaskedLM
+    return AutoModelForCausalLM
+
+
+def meta_model(model_or_config: ModelOrConfig, task: str | None = None) -> nn.Module:
+    """Return ``model_or_config`` if it is a model, else a weightless skeleton of it on the meta device.
+
+    Args:
+        model_or_config: a ``torch.nn.Module`` (returned unchanged), a ``PretrainedConfig``, or a local path /
+            hub id of one (only ``config.json`` is read).
+        task: PEFT ``TaskType`` value (``"CAUSAL_LM"``, ``"SEQ_CLS"``, ...) choosing the model class for a
+            config. Default: the config's ``architectures``, else seq2seq LM for encoder-decoders, masked LM for
+            encoder-only types, causal LM otherwise.
+    """
+    if isinstance(model_or_config, nn.Module):
+        if hasattr(model_or_config, "peft_config"):
+            raise TypeError(
+                "Got a PEFT model; target resolution needs the base model's module names. "
+                "Pass the model before get_peft_model(), or peft_model.get_base_model() of an unmerged copy."
+            )
+        return model_or_config
+    if isinstance(model_or_config, (str, PathLike)):
+        model_or_config = AutoConfig.from_pretrained(model_or_config)
+    if not isinstance(model_or_config, PretrainedConfig):
+        raise TypeError(
+            f"Expected a torch.nn.Module, a transformers PretrainedConfig or a path to one, got "
+            f"{type(model_or_config).__name__}."
+        )
+    cls = _model_class(model_or_config, task)
+    with torch.device("meta"):
+        return cls.from_config(model_or_config)
+
+
+def model_type(model: nn.Module) -> str | None:
+    """``model.config.model_type``, or None for a plain torch module."""
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None)
+
+
+def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every ``nn.Linear`` (subclasses included) and GPT-2 style ``Conv1D``, by full module name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, _LINEAR_TYPES)}
+
+
+def repeated_blocks(model: nn.Module) -> dict[str, nn.ModuleList]:
+    """The outermost ``ModuleList``s of same-class blocks that contain linear layers (the transformer stacks).
+
+    A decoder-only model has one (``model.layers``); an encoder-decoder has two (``encoder.block`` and
+    ``decoder.block``). Lists nested inside a stack (e.g. per-block expert lists) are not returned.
+    """
+    found: dict[str, nn.ModuleList] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if any(name.startswith(f"{outer}.") for outer in found):
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        if any(isinstance(sub, _LINEAR_TYPES) for sub in module[0].modules()) or _expert_parameters(
+            module[0]
+        ):
+            found[name] = module
+    return found
+
+
+def _expert_parameters(module: nn.Module) -> list[str]:
+    """3-D parameters held by non-linear modules: fused mixture-of-experts weights (experts x out x in)."""
+    return [name for name, param in module.named_parameters() if param.dim() == 3]
+
+
+@dataclass(frozen=True)
+class ModuleSite:
+    """Where a LoRA-able weight sits: full name, its stack, its layer index and its name inside the block.
+
+    ``kind`` is ``"module"`` for linear layers (``target_modules``) and ``"parameter"`` for fused expert
+    weights (``target_parameters``). ``cost_per_rank`` is the number of LoRA parameters one unit of rank adds.
+    """
+
+    name: str
+    kind: str
+    stack: str | None
+    layer_index: int | None
+    num_layers: int
+    relative_name: str
+    in_features: int
+    out_features: int
+    cost_per_rank: int
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, Conv1D):
+        n_in, n_out = module.weight.shape
+        return int(n_in), int(n_out)
+    return int(module.in_features), int(module.out_features)
+
+
+def module_sites(model: nn.Module) -> dict[str, ModuleSite]:
+    """All linear layers and fused expert weights of ``model``, with their position in the block structure."""
+    stacks = repeated_blocks(model)
+    deepest = max((len(stack) for stack in stacks.values()), default=0)
+
+    def locate(name: str) -> tuple[str | None, int | None, int, str]:
+        for stack_name, stack in stacks.items():
+            match = re.match(rf"{re.escape(stack_name)}\.(\d+)\.(.+)$", name)
+            if match:
+                return stack_name, int(match.group(1)), len(stack), match.group(2)
+        return None, None, deepest, name
+
+    sites: dict[str, ModuleSite] = {}
+    for name, module in linear_modules(model).items():
+        n_in, n_out = _shape(module)
+        sites[name] = ModuleSite(name, "module", *locate(name), n_in, n_out, n_in + n_out)
+    for module_name, module in model.named_modules():
+        if isinstance(module, _LINEAR_TYPES) or module is model:
+            continue
+        for param_name, param in module.named_parameters(recurse=False):
+            if param.dim() != 3:
+                continue
+            name = f"{module_name}.{param_name}"
+            experts, d_out, d_in = (int(size) for size in param.shape)
+            sites[name] = ModuleSite(name, "parameter", *locate(name), d_in, d_out, experts * (d_in + d_out))
+    return sites
+
+
+def head_module_names(model: nn.Module) -> tuple[list[str], bool]:
+    """Top-level children that form the output head(s), and whether the head is a language-model head.
+
+    Heads are the children of a ``*For*`` model outside its base model that hold parameters (``lm_head``,
+    ``classifier``, ``score``, ``pre_classifier``...); when the base model is the model itself (T5), only the
+    output embedding. The second value is True when the model has output embeddings (an LM head, which is
+    usually tied and never worth training), False for task heads (which a fine-tune must train and save).
+    """
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    base = getattr(model, "base_model", model)
+    heads = [
+        name
+        for name, child in model.named_children()
+        if child is not base and base is not model and any(True for _ in child.parameters())
+    ]
+    if output is not None:
+        output_name = next(name for name, module in model.named_modules() if module is output)
+        if not any(output_name == head or output_name.startswith(f"{head}.") for head in heads):
+            heads.append(output_name)
+    return heads, output is not None

@@ -1,0 +1,161 @@
+"""`EnhancedTrainer`: a `Trainer` that applies `EnhancedTrainingArguments` (early stopping, clipping modes)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.trainer_utils import IntervalStrategy
+
+from hf_enhance.training.arguments import EnhancedTrainingArguments
+from hf_enhance.training.clipping import AdaptiveGradClip
+from hf_enhance.training.early_stopping import EarlyStopping
+
+logger = logging.getLogger(__name__)
+
+GRAD_CLIP_STATE_NAME = "grad_clip_state.json"
+
+
+class EnhancedTrainer(Trainer):
+    """A `transformers.Trainer` that applies `EnhancedTrainingArguments`.
+
+    Takes every `Trainer` argument, unchanged. With `EnhancedTrainingArguments` (the default when `args` is
+    omitted) it:
+
+    - adds an `EarlyStopping` callback built from the `early_stopping_*`, `stop_on_nonfinite` and
+      `divergence_threshold` arguments, unless `callbacks` already holds an `EarlyStopping` (yours wins) or every
+      check is off (`early_stopping_patience=None`, `stop_on_nonfinite=False`, `divergence_threshold=None`);
+    - without an `eval_dataset`, switches evaluation, early stopping on the eval metric and best-model loading
+      off with one warning, where `Trainer` raises (the arguments you passed are not modified);
+    - clips with `grad_clip_mode` ("norm", "value", "autoclip", "zclip"); `max_grad_norm=0` turns clipping off.
+      The logged `grad_norm` is the norm before clipping; `grad_clip_threshold` (the threshold at the logged
+      step) and `grad_clip_fraction` (the share of optimizer steps clipped since the previous log) are logged
+      next to it. AutoClip/ZClip statistics are saved in each checkpoint (`grad_clip_state.json`) and restored
+      on resume;
+    - with `stop_on_nonfinite`, checks the gradient norm at every optimizer step and logs it at once when it is
+      NaN/inf, so `EarlyStopping` stops on that step instead of at the next logging step (skipped under fp16,
+      where the GradScaler skips overflowing steps).
+
+    With a plain `TrainingArguments` it behaves exactly like `Trainer`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        params = inspect.signature(Trainer.__init__).bind(self, *args, **kwargs).arguments
+        params.pop("self")
+        training_args = params.get("args") or EnhancedTrainingArguments(output_dir="tmp_trainer")
+        if isinstance(training_args, EnhancedTrainingArguments):
+            if training_args.eval_strategy != IntervalStrategy.NO and params.get("eval_dataset") is None:
+                training_args = training_args.without_evaluation("no eval_dataset was passed to the trainer")
+            callbacks = list(params.get("callbacks") or [])
+            early_stopping = training_args.early_stopping_callback()
+            if early_stopping is not None and not any(isinstance(cb, EarlyStopping) for cb in callbacks):
+                callbacks.append(early_stopping)
+            params["callbacks"] = callbacks
+        params["args"] = training_args
+        super().__init__(**params)
+        if self._enhanced and self.args.grad_clip_mode != "norm" and self.is_deepspeed_enabled:
+            raise ValueError(
+                f"grad_clip_mode={self.args.grad_clip_mode!r} is not available with DeepSpeed, which clips "
+                "gradients inside its engine (by norm, from max_grad_norm). Use grad_clip_mode='norm'."
+            )
+        self._grad_clipper: AdaptiveGradClip | None = None
+        self._reset_clip_stats()
+
+    @property
+    def _enhanced(self) -> bool:
+        return isinstance(self.args, EnhancedTrainingArguments)
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the last `train()` stopped early (from its `EarlyStopping`), or None if it ran to the end."""
+        return next(
+            (cb.stop_reason for cb in self.callback_handler.callbacks if isinstance(cb, EarlyStopping) and cb.stop_reason),
+            None,
+        )
+
+    def _reset_clip_stats(self) -> None:
+        self._clip_steps = 0
+        self._clip_hits = 0
+        self._clip_threshold: float | None = None
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.train`, with fresh adaptive-clipping statistics (restored from the checkpoint on resume)."""
+        self._grad_clipper = self.args.grad_clipper() if self._enhanced else None
+        self._reset_clip_stats()
+        return super().train(*args, **kwargs)
+
+    # ---- clipping: transformers calls `_clip_grad_norm` once per optimizer step when max_grad_norm > 0 ----
+    def _clip_grad_norm(self, model: nn.Module) -> Any:
+        if not self._enhanced:
+            return super()._clip_grad_norm(model)
+        mode = self.args.grad_clip_mode
+        if mode == "norm":
+            norm = super()._clip_grad_norm(model)
+            threshold = self.args.max_grad_norm
+            exceeded = norm
+        else:
+            params = list(model.parameters())
+            # Unscales fp16 gradients and reduces the norm over shards; an infinite threshold clips nothing.
+            norm = self.accelerator.clip_grad_norm_(params, float("inf"))
+            if mode == "value":
+                threshold = self.args.max_grad_norm
+                grads = [p.grad for p in params if p.grad is not None]
+                exceeded = torch.nn.utils.get_total_norm(grads, norm_type=math.inf) if grads else 0.0
+                torch.nn.utils.clip_grad_value_(params, threshold)
+            else:
+                if self._grad_clipper is None:  # called outside train()
+                    self._grad_clipper = self.args.grad_clipper()
+                threshold = self._grad_clipper.clip_(params, total_norm=norm)
+                exceeded = norm
+        if norm is not None:
+            self._clip_steps += 1
+            self._clip_hits += int(float(exceeded) > threshold)
+            self._clip_threshold = threshold
+        return norm
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if (
+            self._enhanced
+            and self.args.stop_on_nonfinite
+            and grad_norm is not None
+            and self.accelerator.scaler is None
+            and not math.isfinite(float(grad_norm))
+        ):
+            self.log({"grad_norm": float(grad_norm)})
+        return grad_norm
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._clip_steps and "loss" in logs and "grad_norm" in logs:
+            logs["grad_clip_fraction"] = self._clip_hits / self._clip_steps
+            if self._clip_threshold is not None and math.isfinite(self._clip_threshold):
+                logs["grad_clip_threshold"] = self._clip_threshold
+            self._reset_clip_stats()
+        super().log(logs, start_time)
+
+    # ---- adaptive-clipping statistics travel with the optimizer state ----
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self._grad_clipper is not None and self.args.should_save:
+            with open(os.path.join(output_dir, GRAD_CLIP_STATE_NAME), "w") as f:
+                json.dump(self._grad_clipper.state_dict(), f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if self._grad_clipper is None or checkpoint is None:
+            return
+        path = os.path.join(checkpoint, GRAD_CLIP_STATE_NAME)
+        if not os.path.isfile(path):
+            logger.warning(
+                "%s has no %s: the %s statistics start afresh.", checkpoint, GRAD_CLIP_STATE_NAME, self.args.grad_clip_mode
+            )
+            return
+        with open(path) as f:
+            self._grad_clipper.load_state_dict(json.load(f))
