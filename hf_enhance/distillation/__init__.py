@@ -1,7 +1,18 @@
 """Knowledge distillation: the objective as pure functions and a `transformers.Trainer` that applies it."""
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
+from hf_enhance.distillation.cached import CachedTeacher
+from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
+from hf_enhance.distillation.students import GRUClassifier
 from hf_enhance.distillation.trainer import DistillationTrainer
 
-__all__ = ["DistillationOutput", "DistillationTrainer", "DistillationTrainingArguments", "distillation_loss"]
+__all__ = [
+    "CachedTeacher",
+    "DistillationOutput",
+    "DistillationTrainer",
+    "DistillationTrainingArguments",
+    "GRUClassifier",
+    "distillation_loss",
+    "fused_distillation_loss",
+]

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
 from hf_enhance.distillation.losses import DIVERGENCE_KINDS, check_distillation_settings
 from hf_enhance.training import EnhancedTrainingArguments
 
@@ -54,6 +55,21 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
             "choices": list(DISTILLATION_TASKS),
         },
     )
+    fused_loss: bool = field(
+        default=True,
+        metadata={
+            "help": "Causal LMs: compute the objective from final hidden states and LM-head weights, chunk by "
+            "chunk over tokens (hf_enhance.fused_distillation_loss), so no [tokens, vocab] logits are held. "
+            "Used in training steps; falls back to logits with one warning where it cannot apply (FSDP, "
+            "DeepSpeed, adapted or post-processed heads)."
+        },
+    )
+    fused_chunk_size: int = field(
+        default=DEFAULT_CHUNK_SIZE,
+        metadata={
+            "help": "Tokens per chunk of the fused objective: peak extra memory grows with chunk × vocab."
+        },
+    )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
@@ -69,6 +85,11 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
             raise ValueError(
                 f"Unknown distillation_task {self.distillation_task!r}. Valid choices: "
                 f"{', '.join(DISTILLATION_TASKS)}."
+            )
+        if self.fused_chunk_size < 1:
+            raise ValueError(
+                f"fused_chunk_size={self.fused_chunk_size} must be >= 1: it is the number of tokens whose logits "
+                "the fused objective builds at a time. 256 is a good default; lower it to save memory."
             )
         if isinstance(self.teacher_model_init_kwargs, str):
             try:

@@ -134,8 +134,7 @@ class _FusedDistillation(torch.autograd.Function):
             grad_hidden = torch.zeros_like(student_hidden)
             grad_weight = torch.zeros_like(student_weight, dtype=torch.float32)
             grad_bias = None if student_bias is None else torch.zeros_like(student_bias, dtype=torch.float32)
-        kd_sum = torch.zeros((), device=device, dtype=torch.float32)
-        ce_sum = torch.zeros((), device=device, dtype=torch.float32)
+        loss_sum, kd_sum, ce_sum = (torch.zeros((), device=device) for _ in range(3))
         loss_settings = {k: settings[k] for k in ("alpha", "temperature", "kind", "beta")}
         for start in range(0, num_tokens, settings["chunk_size"]):
             chunk_rows = rows[start : start + settings["chunk_size"]]
@@ -154,6 +153,7 @@ class _FusedDistillation(torch.autograd.Function):
                     (grad_logits,) = torch.autograd.grad(
                         out.loss, student_logits, torch.tensor(chunk_size / denominator, device=device)
                     )
+            loss_sum += out.loss.detach() * chunk_size
             kd_sum += out.kd_loss.detach() * chunk_size
             if out.ce_loss is not None:
                 ce_sum += out.ce_loss.detach() * chunk_size
@@ -166,9 +166,7 @@ class _FusedDistillation(torch.autograd.Function):
                 grad_weight.addmm_(grad_logits.t(), hidden.float())
                 if grad_bias is not None:
                     grad_bias += grad_logits.sum(0)
-        kd = kd_sum / denominator
-        ce = ce_sum / denominator
-        loss = kd.clone() if labels is None else settings["alpha"] * kd + (1.0 - settings["alpha"]) * ce
+        loss, kd, ce = loss_sum / denominator, kd_sum / denominator, ce_sum / denominator
         ctx.grads = (grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (student_weight.dtype, None if student_bias is None else student_bias.dtype)
         ctx.mark_non_differentiable(kd, ce)
@@ -218,7 +216,12 @@ def _check_inputs(
             raise ValueError(
                 f"The {name} head weight {tuple(weight.shape)} does not fit the {name} hidden states "
                 f"{tuple(hidden.shape)}: expected hidden [..., H] and a head weight [V, H] (nn.Linear layout, "
-                f"e.g. model.lm_head.weight) with the same H."
+                "e.g. model.lm_head.weight) with the same H."
+            )
+        if hidden.dtype != weight.dtype and not torch.is_autocast_enabled(hidden.device.type):
+            raise ValueError(
+                f"{name}_hidden is {hidden.dtype} but {name}_head_weight is {weight.dtype}. Cast them to one "
+                "dtype (the head's), or call under torch.autocast as the model's forward would run."
             )
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
         raise ValueError(
@@ -243,12 +246,5 @@ def _check_inputs(
             f"labels {tuple(labels.shape)} do not match the hidden states' leading dims "
             f"{tuple(student_hidden.shape[:-1])}. Pass labels aligned with the hidden states (for causal LMs: "
             "hidden[:, :-1] against labels[:, 1:])."
-        )
-    if student_hidden.dtype != student_weight.dtype and not torch.is_autocast_enabled(
-        student_hidden.device.type
-    ):
-        raise ValueError(
-            f"student_hidden is {student_hidden.dtype} but student_head_weight is {student_weight.dtype}. Cast "
-            "them to one dtype (the head's), or call under torch.autocast as the model's forward would run."
         )
     return student_hidden.shape[-1], teacher_hidden.shape[-1]

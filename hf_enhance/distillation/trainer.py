@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
-from hf_enhance.distillation.losses import distillation_loss
+from hf_enhance.distillation.fused import fused_distillation_loss
+from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_logits, plain_lm_head
+from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.teacher import (
     detect_task,
     freeze,
@@ -18,8 +21,11 @@ from hf_enhance.distillation.teacher import (
     output_size,
     shared_output_size,
     tokenizer_size,
+    unwrap,
 )
 from hf_enhance.training import EnhancedTrainer
+
+logger = logging.getLogger(__name__)
 
 
 class DistillationTrainer(EnhancedTrainer):
@@ -83,6 +89,7 @@ class DistillationTrainer(EnhancedTrainer):
         self._loss_shifts_labels = task == "causal_lm"
         if not self.label_names:
             self.label_names = ["labels"]
+        self._fused: bool | None = None
         self._component_logs: dict[str, dict[str, list[torch.Tensor]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
@@ -139,19 +146,10 @@ class DistillationTrainer(EnhancedTrainer):
                 "column, or DataCollatorForLanguageModeling(mlm=False) for causal LMs), or set alpha=1.0 for "
                 "pure distillation."
             )
-        outputs = model(**inputs)
-        with torch.no_grad(), self.accelerator.autocast():
-            teacher_logits = logits_of(self.teacher_model(**inputs))
-        student_logits, teacher_logits, labels = self._aligned(logits_of(outputs), teacher_logits, labels)
-        result = distillation_loss(
-            student_logits,
-            teacher_logits,
-            labels,
-            alpha=self.args.alpha,
-            temperature=self.args.temperature,
-            kind=self.args.distillation_loss,  # type: ignore[arg-type]
-            beta=self.args.jsd_beta,
-        )
+        if model.training and self._fused_ready(model, inputs):
+            result, outputs = self._fused_objective(model, inputs, labels), None
+        else:
+            result, outputs = self._logit_objective(model, inputs, labels)
         self._record(result.kd_loss, result.ce_loss)
         loss = result.loss
         if num_items_in_batch is not None:
@@ -159,9 +157,79 @@ class DistillationTrainer(EnhancedTrainer):
             loss = loss * result.num_tokens / num_items_in_batch
             if self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes
-        if not isinstance(outputs, dict):
-            outputs = {"logits": logits_of(outputs)}
         return (loss, outputs) if return_outputs else loss
+
+    def _logit_objective(
+        self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None
+    ) -> tuple[DistillationOutput, dict[str, Any]]:
+        outputs = model(**inputs)
+        with torch.no_grad(), self.accelerator.autocast():
+            teacher_logits = logits_of(self.teacher_model(**inputs))
+        student_logits, teacher_logits, labels = self._aligned(logits_of(outputs), teacher_logits, labels)
+        result = distillation_loss(student_logits, teacher_logits, labels, **self._loss_settings())
+        return result, outputs if isinstance(outputs, dict) else {"logits": logits_of(outputs)}
+
+    def _fused_objective(
+        self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None
+    ) -> DistillationOutput:
+        """Causal LM objective from hidden states and head weights, chunked: no [tokens, vocab] tensor."""
+        with head_bypassed(self._student_base(model)) as student_head:
+            student_hidden = logits_of(model(**inputs))
+        with torch.no_grad(), self.accelerator.autocast(), head_bypassed(self.teacher_model) as teacher_head:
+            teacher_hidden = logits_of(self.teacher_model(**inputs))
+        if labels is not None:
+            labels = labels[:, 1:].reshape(-1)
+        columns = self._num_columns
+        return fused_distillation_loss(
+            student_hidden[:, :-1].reshape(-1, student_hidden.shape[-1]),
+            student_head.weight[:columns],
+            teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1]),
+            teacher_head.weight[:columns],
+            labels,
+            student_head_bias=None if student_head.bias is None else student_head.bias[:columns],
+            teacher_head_bias=None if teacher_head.bias is None else teacher_head.bias[:columns],
+            chunk_size=self.args.fused_chunk_size,
+            **self._loss_settings(),
+        )
+
+    def _loss_settings(self) -> dict[str, Any]:
+        args = self.args
+        return {
+            "alpha": args.alpha,
+            "temperature": args.temperature,
+            "kind": args.distillation_loss,
+            "beta": args.jsd_beta,
+        }
+
+    def _student_base(self, model: nn.Module) -> nn.Module:
+        return unwrap(self.accelerator.unwrap_model(model))
+
+    def _fused_ready(self, model: nn.Module, inputs: dict[str, Any]) -> bool:
+        """Whether this step may use the fused objective; decided (and explained) on the first training step."""
+        if self._fused is None:
+            self._fused = self._fused_supported(model, inputs)
+        return self._fused
+
+    def _fused_supported(self, model: nn.Module, inputs: dict[str, Any]) -> bool:
+        if not self.args.fused_loss or self.distillation_task != "causal_lm":
+            return False
+        reason = None
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            reason = "FSDP/DeepSpeed shard the LM head, whose full weight the fused loss reads"
+        elif plain_lm_head(model) is None or plain_lm_head(self.teacher_model) is None:
+            reason = "a model's head is not a plain nn.Linear (adapted, custom) or its config post-processes logits"
+        elif not (
+            hidden_states_match_logits(model, self._student_base(model), inputs)
+            and hidden_states_match_logits(self.teacher_model, self.teacher_model, inputs)
+        ):
+            reason = "head(final hidden states) does not reproduce a model's logits"
+        if reason is not None:
+            logger.warning(
+                "fused_loss=True but %s; distilling on materialised logits instead (more memory on big "
+                "vocabularies). Set fused_loss=False to silence this.",
+                reason,
+            )
+        return reason is None
 
     def _record(self, kd_loss: torch.Tensor, ce_loss: torch.Tensor | None) -> None:
         logs = self._component_logs["train" if self.model.training else "eval"]

@@ -104,10 +104,15 @@ def _linear_listing(sites: Mapping[str, ModuleSite]) -> str:
 
 
 def _registration_hint(arch: str | None) -> str:
+    if arch is None:
+        return (
+            "This module has no config.model_type; register a preset that picks names itself: "
+            "register_lora_preset('my-preset', lambda model: [name for name in ... if ...])."
+        )
+    roles = "{'query': ['q_proj'], 'value': ['v_proj'], 'attn_out': ['o_proj'], 'mlp_in': ['up_proj'], ...}"
     return (
-        f"Register the architecture: register_lora_architecture({arch!r}, {{'query': ['q_proj'], "
-        "'value': ['v_proj'], 'attn_out': ['o_proj'], 'mlp_in': ['up_proj'], 'mlp_out': ['down_proj']}}), or "
-        f"a preset: register_lora_preset('my-preset', {{{arch!r}: ['q_proj', 'v_proj']}})."
+        f"Teach all presets this architecture with register_lora_architecture({arch!r}, {roles}), or add one "
+        f"preset with register_lora_preset('my-preset', {{{arch!r}: ['q_proj', 'v_proj']}})."
     )
 
 

@@ -14,10 +14,11 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import torch
-from peft import IA3Config, LoraConfig, PeftConfig, PrefixTuningConfig, get_peft_model
+from peft import IA3Config, LoraConfig, PeftConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
@@ -28,7 +29,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.base import get_keys_to_not_convert
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from hf_enhance.lora import lora_config
+from hf_enhance.lora import ia3_config, lora_config, prefix_tuning_config
 from hf_enhance.modeling import meta_model
 from hf_enhance.params.memory import TensorGroup, nf4_bytes
 from hf_enhance.params.result import ParameterCount
@@ -46,7 +47,8 @@ _METHOD_NAMES = {"LORA": "lora", "IA3": "ia3", "PREFIX_TUNING": "prefix"}
 DEFAULT_RANK = 8
 DEFAULT_VIRTUAL_TOKENS = 20
 
-# PEFT TaskType -> transformers' model_type -> class-name table, to tell a model instance's task.
+
+# PEFT TaskType -> transformers' model_type -> class-name table, to tell which task a model instance serves.
 _TASK_CLASS_NAMES = {
     "CAUSAL_LM": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
     "SEQ_2_SEQ_LM": modeling_auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
@@ -56,8 +58,9 @@ _TASK_CLASS_NAMES = {
 }
 
 
-def _infer_task_type(model: nn.Module) -> str:
-    """The PEFT ``TaskType`` whose auto class builds ``type(model)``; FEATURE_EXTRACTION for anything else."""
+def _task_type_of(model: nn.Module) -> str:
+    """The PEFT ``TaskType`` whose auto class builds ``type(model)``; FEATURE_EXTRACTION for any other model
+    (a masked LM, a bare encoder), which is the PEFT wrapper that accepts every model."""
     arch = getattr(getattr(model, "config", None), "model_type", None)
     for task, names in _TASK_CLASS_NAMES.items():
         entry = names.get(arch, ())
@@ -66,12 +69,31 @@ def _infer_task_type(model: nn.Module) -> str:
     return "FEATURE_EXTRACTION"
 
 
+@contextmanager
+def _quiet_and_gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while thousands of modules are created (on a 70B config a third of the time
+    otherwise goes to collections that free nothing), and hide transformers' deprecation notice about a method
+    PEFT calls, which the user cannot act on."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+_QUANTIZED_PARAMETERS = {"Params4bit", "Int8Params"}
+
+
 def _meta_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` whose parameters and buffers live on the meta device (ties preserved)."""
-    quantized = sorted({type(p).__name__ for p in module.parameters() if type(p) is not nn.Parameter})
+    quantized = sorted({type(p).__name__ for p in module.parameters()} & _QUANTIZED_PARAMETERS)
     if getattr(module, "is_quantized", False) or quantized:
         raise ValueError(
-            f"Cannot count a quantized model (parameter types {quantized or 'quantized'}): its packed weights "
+            f"Cannot count a quantized model ({', '.join(quantized) or 'is_quantized=True'}): its packed weights "
             "do not have the original shapes. Pass its config instead (model.config); the qlora memory setup "
             "accounts for the 4-bit base."
         )
@@ -89,6 +111,12 @@ def _skeleton(
 ) -> nn.Module:
     if isinstance(model_or_config, str) and model_or_config in MODEL_ZOO:
         model_or_config = zoo_config(model_or_config)
+    elif isinstance(model_or_config, (str, PathLike)) and not Path(model_or_config).exists():
+        raise ValueError(
+            f"{str(model_or_config)!r} is not a model name in MODEL_ZOO nor a local config path. Zoo names: "
+            f"{', '.join(MODEL_ZOO)}. For another model pass its config, or download its config.json "
+            "(`hf download REPO config.json`) and pass that path: counting never downloads."
+        )
     if isinstance(model_or_config, nn.Module):
         return _meta_copy(meta_model(model_or_config))
     return meta_model(model_or_config, task_type)
@@ -104,22 +132,6 @@ def _quantizable(model: nn.Module) -> set[int]:
         for name, module in model.named_modules()
         if (isinstance(module, Conv1D) or type(module) is nn.Linear) and should_convert_module(name, skip)
     }
-
-
-@contextmanager
-def _quiet_and_gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while thousands of modules are created (on a 70B config a third of the time
-    otherwise goes to collections that free nothing), and hide transformers' deprecation notice about a method
-    PEFT calls, which the user cannot act on."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _reject(context: str, fix: str, **given: Any) -> None:
@@ -169,7 +181,7 @@ def _build_peft_config(
         raise ValueError(
             f"Got both preset={preset!r} and target_modules: a preset chooses the target modules. Pass one of them."
         )
-    lora_only = "preset, target_modules and r configure LoRA (method='lora'); drop them or switch method."
+    lora_only = "target_modules and r configure LoRA (method='lora'); drop them or switch method."
     if method == "full":
         _reject(
             "full fine-tuning", lora_only, preset=preset, target_modules=target_modules, r=r, **peft_kwargs
@@ -179,16 +191,14 @@ def _build_peft_config(
         peft_kwargs = {**peft_kwargs, "task_type": task_type}
     if method == "prefix":
         _reject("prefix tuning", lora_only, preset=preset, target_modules=target_modules, r=r)
-        peft_kwargs.setdefault("task_type", _infer_task_type(model))
-        peft_kwargs.setdefault("num_virtual_tokens", DEFAULT_VIRTUAL_TOKENS)
-        return PrefixTuningConfig(**peft_kwargs)
+        peft_kwargs.setdefault("task_type", _task_type_of(model))
+        if "budget" not in peft_kwargs:
+            peft_kwargs.setdefault("num_virtual_tokens", DEFAULT_VIRTUAL_TOKENS)
+        return prefix_tuning_config(model, **peft_kwargs)
     if method == "ia3":
-        _reject(
-            "IA3",
-            "IA3 takes target_modules (and feedforward_modules), not a LoRA preset or rank.",
-            preset=preset,
-            r=r,
-        )
+        _reject("IA3", "IA3 has no rank: drop r.", r=r)
+        if preset is not None:
+            return ia3_config(model, preset=preset, **peft_kwargs)
         return IA3Config(target_modules=target_modules, **peft_kwargs)
     r = DEFAULT_RANK if r is None else r
     if preset is not None:
@@ -286,7 +296,7 @@ def count_parameters(
         elif peft_config.is_prompt_learning and peft_config.task_type is None:
             raise ValueError(
                 f"peft_config ({type(peft_config).__name__}) has no task_type, which PEFT needs for prompt "
-                f"learning. Set task_type={_infer_task_type(model)!r} (inferred from {type(model).__name__})."
+                f"learning. Set task_type={_task_type_of(model)!r} (the task of {type(model).__name__})."
             )
         if peft_config is None:
             counted = model.requires_grad_(True)

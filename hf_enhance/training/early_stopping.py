@@ -97,7 +97,14 @@ class EarlyStopping(TrainerCallback, ExportableState):
         self._active = False
         self._reset()
 
+    @staticmethod
+    def _skip_saves(control: TrainerControl) -> None:
+        """Weights that produced NaN/inf are neither evaluated nor checkpointed (the last good checkpoint stays)."""
+        control.should_evaluate = False
+        control.should_save = False
+
     def _reset(self) -> None:
+        self._nonfinite = False
         self.best: float | None = self.baseline
         self.best_step: int | None = None
         self.wait = 0
@@ -186,8 +193,11 @@ class EarlyStopping(TrainerCallback, ExportableState):
             f"{self._delta_text()} for {self.patience} evaluations: stopped at step {step}."
         )
 
-    def _stop(self, state: TrainerState, control: TrainerControl, reason: str) -> None:
+    def _stop(self, state: TrainerState, control: TrainerControl, reason: str, nonfinite: bool = False) -> None:
         control.should_training_stop = True
+        if nonfinite:
+            self._skip_saves(control)
+            self._nonfinite = True
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stopped_step = state.global_step
@@ -235,14 +245,23 @@ class EarlyStopping(TrainerCallback, ExportableState):
                 f"{sorted(metrics)}. Set metric_for_best_model (or EarlyStopping(metric=...)) to one of them; "
                 "metrics returned by compute_metrics get the 'eval_' prefix."
             )
-        reason = self._check(self._key, float(metrics[self._key]), state.global_step)
+        value = float(metrics[self._key])
+        reason = self._check(self._key, value, state.global_step)
+        nonfinite = reason is not None and self.check_finite and not math.isfinite(value)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor(float(reason is not None), device=args.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            if flag.item() > 0 and reason is None:
+            flags = torch.tensor([float(reason is not None), float(nonfinite)], device=args.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            nonfinite = bool(flags[1].item())
+            if flags[0].item() and reason is None:
                 reason = f"another process stopped training at step {state.global_step}."
         if reason is not None:
-            self._stop(state, control, reason)
+            self._stop(state, control, reason, nonfinite=nonfinite)
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._nonfinite:  # the epoch-end evaluation and save come after a stop
+            self._skip_saves(control)
 
     def on_log(
         self,
@@ -259,7 +278,6 @@ class EarlyStopping(TrainerCallback, ExportableState):
             if value is None or (key == "grad_norm" and args.fp16):
                 continue
             if not math.isfinite(float(value)):
-                self._stop(
-                    state, control, f"training {key} is {value} at step {state.global_step}: stopped at once."
-                )
+                reason = f"training {key} is {value} at step {state.global_step}: stopped at once."
+                self._stop(state, control, reason, nonfinite=True)
                 return

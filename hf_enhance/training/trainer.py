@@ -39,9 +39,9 @@ class EnhancedTrainer(Trainer):
       step) and `grad_clip_fraction` (the share of optimizer steps clipped since the previous log) are logged
       next to it. AutoClip/ZClip statistics are saved in each checkpoint (`grad_clip_state.json`) and restored
       on resume;
-    - with `stop_on_nonfinite`, checks the gradient norm at every optimizer step and logs it at once when it is
-      NaN/inf, so `EarlyStopping` stops on that step instead of at the next logging step (skipped under fp16,
-      where the GradScaler skips overflowing steps).
+    - with `stop_on_nonfinite`, checks the gradient norm after every optimizer step and logs at once when it is
+      NaN/inf, so `EarlyStopping` stops at that step instead of at the next logging step (skipped under fp16,
+      where the GradScaler skips overflowing steps by design).
 
     With a plain `TrainingArguments` it behaves exactly like `Trainer`.
     """
@@ -120,8 +120,9 @@ class EnhancedTrainer(Trainer):
             self._clip_threshold = threshold
         return norm
 
-    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
-        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+    def _maybe_log_save_evaluate(self, tr_loss: torch.Tensor, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
+        # Called after every optimizer step with that step's gradient norm: log a NaN/inf norm at once, so that
+        # EarlyStopping sees it at this step rather than at the next logging step.
         if (
             self._enhanced
             and self.args.stop_on_nonfinite
@@ -129,8 +130,8 @@ class EnhancedTrainer(Trainer):
             and self.accelerator.scaler is None
             and not math.isfinite(float(grad_norm))
         ):
-            self.log({"grad_norm": float(grad_norm)})
-        return grad_norm
+            self.control.should_log = True
+        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._clip_steps and "loss" in logs and "grad_norm" in logs:

@@ -344,3 +344,77 @@ def test_teacher_is_deep_copy_safe(tmp_path: Path) -> None:
     )
     loss = trainer.compute_loss(student, pad_collator(list(lm_dataset(2))))
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distillation_gets_the_enhanced_defaults(tmp_path: Path) -> None:
+    """Epoch evaluation, best checkpoint at the end, early stopping: no settings needed."""
+    from hf_enhance.training import EarlyStopping
+
+    args = DistillationTrainingArguments(
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=2,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    assert (args.eval_strategy, args.save_strategy, args.load_best_model_at_end) == ("epoch", "epoch", True)
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(seed=0),
+        teacher_model=tiny_gpt2(seed=1),
+        args=args,
+        train_dataset=lm_dataset(8),
+        eval_dataset=lm_dataset(4, seed=1),
+        data_collator=pad_collator,
+    )
+    assert any(isinstance(cb, EarlyStopping) for cb in trainer.callback_handler.callbacks)
+    trainer.train()
+    evals = [log for log in trainer.state.log_history if "eval_loss" in log]
+    assert len(evals) == 2 and all("eval_kd_loss" in log for log in evals)
+    assert trainer.state.best_model_checkpoint is not None
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "jsd"])
+def test_fused_training_step_equals_logit_training_step(tmp_path: Path, kind: str) -> None:
+    """The chunked hidden-state objective gives the same update as the one on materialised logits."""
+    updates = {}
+    for fused in (True, False):
+        student, teacher = tiny_gpt2(seed=0), tiny_gpt2(seed=1, n_embd=48)
+        before = state(student)
+        args = make_args(
+            tmp_path / str(fused),
+            max_steps=1,
+            per_device_train_batch_size=8,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            fused_loss=fused,
+            fused_chunk_size=7,
+            distillation_loss=kind,
+        )
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=args,
+            train_dataset=lm_dataset(8),
+            data_collator=pad_collator,
+        )
+        trainer.train()
+        assert trainer._fused is fused
+        updates[fused] = {name: before[name] - tensor for name, tensor in state(student).items()}
+    for name in updates[True]:
+        torch.testing.assert_close(updates[True][name], updates[False][name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_fused_falls_back_with_a_warning_for_an_adapted_head(tmp_path: Path, caplog) -> None:
+    student = get_peft_model(tiny_gpt2(seed=0), LoraConfig(r=2, target_modules=["c_attn", "lm_head"]))
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=tiny_gpt2(seed=1),
+        args=make_args(tmp_path, max_steps=1),
+        train_dataset=lm_dataset(4),
+        data_collator=pad_collator,
+    )
+    with caplog.at_level("WARNING"):
+        trainer.train()
+    assert trainer._fused is False
+    assert "distilling on materialised logits instead" in caplog.text

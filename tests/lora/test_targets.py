@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from peft import get_peft_model
@@ -167,15 +169,18 @@ class _Block(torch.nn.Module):
 
 
 class _Odd(torch.nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, model_type: str | None = "odd") -> None:
         super().__init__()
+        self.config = SimpleNamespace(model_type=model_type)
         self.blocks = torch.nn.ModuleList([_Block(), _Block()])
 
 
 def test_fallback_failure_lists_linear_modules_and_how_to_register(restore_registries: None) -> None:
-    with pytest.raises(ValueError, match=r"inference failed.*blocks\.<i>\.mix.*register_lora_architecture"):
+    with pytest.raises(ValueError, match=r"inference failed.*blocks\.<i>\.mix.*register_lora_architecture\('odd'"):
         lora_targets(_Odd(), "attention")
-    register_lora_architecture(None, {"query": ["mix"]})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"no config.model_type.*lambda model"):
+        lora_targets(_Odd(model_type=None), "attention")
+    register_lora_architecture("odd", {"query": ["mix"]})
     assert lora_targets(_Odd(), "attention-qv") == ["blocks.0.mix", "blocks.1.mix"]
     assert lora_targets(_Odd(), "all-linear") == ["blocks.0.mix", "blocks.1.mix"]
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import functools
+
 import torch
 from transformers import AutoConfig, PretrainedConfig
 
@@ -66,13 +69,16 @@ def tiny_config(model_type: str, **overrides) -> PretrainedConfig:
     return AutoConfig.for_model(model_type, **{**TINY[model_type], **overrides})
 
 
-def tiny_model(model_type: str, task: str | None = None, seed: int = 0, **overrides) -> torch.nn.Module:
-    """A randomly initialised fp32 tiny model, in eval mode."""
-    config = tiny_config(model_type, **overrides)
+@functools.cache
+def _cached(model_type: str, task: str | None, seed: int) -> torch.nn.Module:
+    config = tiny_config(model_type)
     torch.manual_seed(seed)
-    skeleton = meta_model(config, task)
-    model = type(skeleton)(config)
-    return model.eval()
+    return type(meta_model(config, task))(config).eval()
+
+
+def tiny_model(model_type: str, task: str | None = None, seed: int = 0) -> torch.nn.Module:
+    """A fresh copy of a randomly initialised fp32 tiny model (same weights for the same seed), in eval mode."""
+    return copy.deepcopy(_cached(model_type, task, seed))
 
 
 def inputs(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,114 @@
+"""Sentence-classification data for the examples and benchmarks: CoLA and SST-2, offline or from the hub.
+
+Local files (the default, ``../shared/data`` from the repository root) use the GLUE-style tab-separated
+layouts below; ``from_hub=True`` loads ``nyu-mll/glue`` with `datasets` instead (needs internet). Either way the
+result is a `DatasetDict` with ``train`` and ``validation`` splits and columns ``sentence`` (str), ``label`` (int).
+
+- CoLA: ``cola/raw/in_domain_train.tsv`` / ``in_domain_dev.tsv``, no header; columns: source, label,
+  original-label marker, sentence.
+- SST-2: ``sst2/train.tsv`` and ``sst2/test.tsv`` (GLUE's labelled dev set, used for validation), header
+  ``sentence<TAB>label``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    train: str
+    validation: str
+    sentence_column: int
+    label_column: int
+    num_columns: int
+    has_header: bool
+    label_names: tuple[str, ...]
+
+
+TASKS: dict[str, TaskFiles] = {
+    "cola": TaskFiles(
+        "cola/raw/in_domain_train.tsv", "cola/raw/in_domain_dev.tsv", 3, 1, 4, False, ("unacceptable", "acceptable")
+    ),
+    "sst2": TaskFiles("sst2/train.tsv", "sst2/test.tsv", 0, 1, 2, True, ("negative", "positive")),
+}
+
+
+def _check_task(task: str) -> TaskFiles:
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(TASKS)}.")
+    return TASKS[task]
+
+
+def _read_tsv(path: Path, files: TaskFiles) -> Dataset:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist. Point data_dir at the folder holding cola/ and sst2/ (the repository "
+            "expects ../shared/data, relative to the repository root), or load from the hub with from_hub=True."
+        )
+    sentences, labels = [], []
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        for line, row in enumerate(rows, start=1):
+            if files.has_header and line == 1:
+                continue
+            label = row[files.label_column].strip() if len(row) == files.num_columns else None
+            if label not in ("0", "1"):
+                raise ValueError(
+                    f"{path}, line {line}: expected {files.num_columns} tab-separated columns with a 0/1 label in "
+                    f"column {files.label_column + 1}, got {row!r}. The file is not in the GLUE layout this loader "
+                    "reads; check that data_dir points at the original files."
+                )
+            sentences.append(row[files.sentence_column].strip())
+            labels.append(int(label))
+    features = Features({"sentence": Value("string"), "label": ClassLabel(names=list(files.label_names))})
+    return Dataset.from_dict({"sentence": sentences, "label": labels}, features=features)
+
+
+def load_sentence_classification(
+    task: str,
+    data_dir: str | Path = "../shared/data",
+    *,
+    from_hub: bool = False,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+    seed: int = 0,
+) -> DatasetDict:
+    """``train`` and ``validation`` splits of ``task`` (``"cola"`` or ``"sst2"``) with ``sentence`` and ``label``.
+
+    ``max_train_samples`` / ``max_eval_samples`` keep a random subset (drawn with ``seed``) of that many rows.
+    """
+    files = _check_task(task)
+    for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive number of rows or None (all rows), got {value}.")
+    if from_hub:
+        data = load_dataset("nyu-mll/glue", task)
+        data = DatasetDict({split: data[split].select_columns(["sentence", "label"]) for split in ("train", "validation")})
+    else:
+        root = Path(data_dir)
+        data = DatasetDict(
+            {"train": _read_tsv(root / files.train, files), "validation": _read_tsv(root / files.validation, files)}
+        )
+    for split, limit in (("train", max_train_samples), ("validation", max_eval_samples)):
+        if limit is not None and limit < len(data[split]):
+            data[split] = data[split].shuffle(seed=seed).select(range(limit))
+    return data
+
+
+def tokenize(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: int = 128) -> DatasetDict:
+    """Token ids (and attention masks) of each sentence, truncated to ``max_length``; the ``label`` is kept.
+
+    No padding here: pad per batch with ``DataCollatorWithPadding(tokenizer)``.
+    """
+    return data.map(
+        lambda batch: tokenizer(batch["sentence"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["sentence"],
+        desc="Tokenizing",
+    )

@@ -1,0 +1,31 @@
+"""All processes of a multi-process run stop at the same step (2 CPU processes, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_all_ranks_stop_together(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+               "-m", "tests.training.ddp_early_stop", str(tmp_path)]  # fmt: skip
+    try:
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the processes did not finish: one stopped while the other waited in a collective")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world_size"] for r in results] == [2, 2]
+    # 16 rows per process, batch 8: 2 steps per epoch; process 1 stops after its second evaluation
+    assert [r["step"] for r in results] == [4, 4]
+    assert "did not improve on its best 0.1" in results[1]["reason"]
+    assert results[0]["reason"] == "another process stopped training at step 4."
