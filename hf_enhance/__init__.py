@@ -6,8 +6,14 @@ from hf_enhance.distillation import (
     DistillationTrainer,
     DistillationTrainingArguments,
     GRUClassifier,
+    TeacherCacheCollator,
+    TeacherLogitCache,
+    cache_teacher_logits,
     distillation_loss,
     fused_distillation_loss,
+    load_teacher_cache,
+    sparse_distillation_loss,
+    with_teacher_cache,
 )
 from hf_enhance.lora import (
     RankSchedule,
@@ -27,19 +33,27 @@ from hf_enhance.lora import (
     switch_adapter,
 )
 from hf_enhance.params import MemoryEstimate, ParameterCount, count_parameters
+from hf_enhance.training import AdaptiveGradClip, EarlyStopping, EnhancedTrainer, EnhancedTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptiveGradClip",
     "CachedTeacher",
     "DistillationOutput",
     "DistillationTrainer",
     "DistillationTrainingArguments",
+    "EarlyStopping",
+    "EnhancedTrainer",
+    "EnhancedTrainingArguments",
     "GRUClassifier",
     "MemoryEstimate",
     "ParameterCount",
     "RankSchedule",
+    "TeacherCacheCollator",
+    "TeacherLogitCache",
     "__version__",
+    "cache_teacher_logits",
     "count_parameters",
     "distillation_loss",
     "fused_distillation_loss",
@@ -47,6 +61,7 @@ __all__ = [
     "ia3_config",
     "list_lora_presets",
     "list_lora_scalings",
+    "load_teacher_cache",
     "lora_config",
     "lora_targets",
     "merged_adapter",
@@ -56,5 +71,7 @@ __all__ = [
     "register_lora_scaling",
     "save_adapter",
     "set_adapter_strength",
+    "sparse_distillation_loss",
     "switch_adapter",
+    "with_teacher_cache",
 ]

@@ -29,6 +29,7 @@ from transformers.pytorch_utils import Conv1D
 
 __all__ = [
     "TASK_MODEL_CLASSES",
+    "ModelOrConfig",
     "ModuleSite",
     "head_module_names",
     "linear_modules",
@@ -99,8 +100,9 @@ def meta_model(model_or_config: ModelOrConfig, task: str | None = None) -> nn.Mo
             f"{type(model_or_config).__name__}."
         )
     cls = _model_class(model_or_config, task)
+    build = getattr(cls, "from_config", None) or cls._from_config  # auto classes / concrete model classes
     with torch.device("meta"):
-        return cls.from_config(model_or_config)
+        return build(model_or_config)
 
 
 def model_type(model: nn.Module) -> str | None:
@@ -115,10 +117,11 @@ def linear_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def repeated_blocks(model: nn.Module) -> dict[str, nn.ModuleList]:
-    """The outermost ``ModuleList``s of same-class blocks that contain linear layers (the transformer stacks).
+    """The outermost ``ModuleList``s whose every block holds linear layers: the transformer stacks.
 
     A decoder-only model has one (``model.layers``); an encoder-decoder has two (``encoder.block`` and
-    ``decoder.block``). Lists nested inside a stack (e.g. per-block expert lists) are not returned.
+    ``decoder.block``). Blocks may differ in class (hybrid attention/SSM stacks). Lists nested inside a
+    stack (T5's per-block sublayers, per-block expert lists) are not returned.
     """
     found: dict[str, nn.ModuleList] = {}
     for name, module in model.named_modules():
@@ -126,18 +129,16 @@ def repeated_blocks(model: nn.Module) -> dict[str, nn.ModuleList]:
             continue
         if any(name.startswith(f"{outer}.") for outer in found):
             continue
-        if len({type(child) for child in module}) != 1:
-            continue
-        if any(isinstance(sub, _LINEAR_TYPES) for sub in module[0].modules()) or _expert_parameters(
-            module[0]
-        ):
+        if all(_has_weights(child) for child in module):
             found[name] = module
     return found
 
 
-def _expert_parameters(module: nn.Module) -> list[str]:
-    """3-D parameters held by non-linear modules: fused mixture-of-experts weights (experts x out x in)."""
-    return [name for name, param in module.named_parameters() if param.dim() == 3]
+def _has_weights(block: nn.Module) -> bool:
+    """Whether ``block`` holds a linear layer or fused mixture-of-experts weights (3-D parameters)."""
+    return any(isinstance(sub, _LINEAR_TYPES) for sub in block.modules()) or any(
+        param.dim() == 3 for param in block.parameters()
+    )
 
 
 @dataclass(frozen=True)

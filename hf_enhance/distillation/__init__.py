@@ -1,9 +1,17 @@
 """Knowledge distillation: the objective as pure functions and a `transformers.Trainer` that applies it."""
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
+from hf_enhance.distillation.cache import (
+    TeacherCacheCollator,
+    TeacherLogitCache,
+    cache_teacher_logits,
+    load_teacher_cache,
+    with_teacher_cache,
+)
 from hf_enhance.distillation.cached import CachedTeacher
 from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
+from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.students import GRUClassifier
 from hf_enhance.distillation.trainer import DistillationTrainer
 
@@ -13,6 +21,12 @@ __all__ = [
     "DistillationTrainer",
     "DistillationTrainingArguments",
     "GRUClassifier",
+    "TeacherCacheCollator",
+    "TeacherLogitCache",
+    "cache_teacher_logits",
     "distillation_loss",
     "fused_distillation_loss",
+    "load_teacher_cache",
+    "sparse_distillation_loss",
+    "with_teacher_cache",
 ]

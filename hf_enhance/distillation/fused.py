@@ -2,12 +2,12 @@
 
 `fused_distillation_loss` takes the final hidden states and the LM-head weights of the student and the teacher
 instead of their logits. It walks over the kept tokens ``chunk_size`` at a time; for each chunk it computes the
-student and teacher logits, evaluates `distillation_loss` on them (the very same function the unfused path uses,
-so values agree by construction) and differentiates it with autograd on that chunk alone. The chunk's logit
-gradient is folded straight into the gradients of the student's hidden states, head weight and bias, which are
-kept until backward (the scheme of Liger-Kernel's fused linear cross-entropy). Backward then only scales them by
-the incoming gradient: no recomputation, and memory is bounded by a few ``[chunk_size, V]`` float32 buffers plus
-one ``[V, H]`` float32 gradient accumulator.
+student and teacher logits, evaluates the KD term with `distillation_loss` (the very function the unfused path
+uses) and the label term with the same mean cross-entropy, and differentiates that with autograd on the chunk
+alone. The chunk's logit gradient is folded straight into the gradients of the student's hidden states, head
+weight and bias, which are kept until backward (the scheme of Liger-Kernel's fused linear cross-entropy).
+Backward then only scales them by the incoming gradient: no recomputation, and memory is bounded by a few
+``[chunk_size, V]`` float32 buffers plus one ``[V, H]`` float32 gradient accumulator.
 """
 
 from __future__ import annotations
@@ -128,46 +128,27 @@ class _FusedDistillation(torch.autograd.Function):
             rows = (labels != settings["ignore_index"]).nonzero().squeeze(1)
         num_tokens = rows.numel()
         denominator = max(num_tokens, 1)
-        needs_grad = settings["needs_grad"]
-        grad_hidden = grad_weight = grad_bias = None
-        if needs_grad:
-            grad_hidden = torch.zeros_like(student_hidden)
-            grad_weight = torch.zeros_like(student_weight, dtype=torch.float32)
-            grad_bias = None if student_bias is None else torch.zeros_like(student_bias, dtype=torch.float32)
-        loss_sum, kd_sum, ce_sum = (torch.zeros((), device=device) for _ in range(3))
-        loss_settings = {k: settings[k] for k in ("alpha", "temperature", "kind", "beta")}
-        for start in range(0, num_tokens, settings["chunk_size"]):
-            chunk_rows = rows[start : start + settings["chunk_size"]]
-            chunk_size = chunk_rows.numel()
-            hidden = student_hidden.index_select(0, chunk_rows)
-            teacher_logits = F.linear(
-                teacher_hidden.index_select(0, chunk_rows), teacher_weight, teacher_bias
+        grads = None
+        if settings["needs_grad"]:
+            grads = (
+                torch.zeros_like(student_hidden),
+                torch.zeros_like(student_weight, dtype=torch.float32),
+                None if student_bias is None else torch.zeros_like(student_bias, dtype=torch.float32),
             )
-            student_logits = F.linear(hidden, student_weight, student_bias).float()
-            chunk_labels = None if labels is None else labels.index_select(0, chunk_rows)
-            with torch.enable_grad():
-                student_logits.requires_grad_(needs_grad)
-                out = distillation_loss(student_logits, teacher_logits, chunk_labels, **loss_settings)
-                if needs_grad:
-                    # d(mean over the chunk)/d(logits) · chunk/N = d(mean over all N kept tokens)/d(logits).
-                    (grad_logits,) = torch.autograd.grad(
-                        out.loss, student_logits, torch.tensor(chunk_size / denominator, device=device)
-                    )
-            loss_sum += out.loss.detach() * chunk_size
-            kd_sum += out.kd_loss.detach() * chunk_size
-            if out.ce_loss is not None:
-                ce_sum += out.ce_loss.detach() * chunk_size
-            if needs_grad:
-                grad_hidden.index_copy_(
-                    0,
-                    chunk_rows,
-                    (grad_logits.to(student_weight.dtype) @ student_weight).to(grad_hidden.dtype),
-                )
-                grad_weight.addmm_(grad_logits.t(), hidden.float())
-                if grad_bias is not None:
-                    grad_bias += grad_logits.sum(0)
-        loss, kd, ce = loss_sum / denominator, kd_sum / denominator, ce_sum / denominator
-        ctx.grads = (grad_hidden, grad_weight, grad_bias)
+        scale = torch.tensor(1.0 / denominator, device=device)
+        sums = torch.zeros(3, device=device)
+        for start in range(0, num_tokens, settings["chunk_size"]):
+            sums += _chunk(
+                rows[start : start + settings["chunk_size"]],
+                (student_hidden, student_weight, student_bias),
+                (teacher_hidden, teacher_weight, teacher_bias),
+                labels,
+                settings,
+                scale,
+                grads,
+            )
+        loss, kd, ce = (total.clone() for total in sums / denominator)
+        ctx.grads = grads
         ctx.dtypes = (student_weight.dtype, None if student_bias is None else student_bias.dtype)
         ctx.mark_non_differentiable(kd, ce)
         return loss, kd, ce, torch.tensor(num_tokens, device=device)
@@ -184,12 +165,58 @@ class _FusedDistillation(torch.autograd.Function):
         grad_hidden, grad_weight, grad_bias = ctx.grads
         ctx.grads = None
         weight_dtype, bias_dtype = ctx.dtypes
-        if grad_hidden is not None:
-            grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
-            grad_weight = grad_weight.mul_(grad_loss).to(weight_dtype)
-            if grad_bias is not None:
-                grad_bias = grad_bias.mul_(grad_loss).to(bias_dtype)
+        grad_hidden.mul_(grad_loss.to(grad_hidden.dtype))
+        grad_weight = grad_weight.mul_(grad_loss).to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.mul_(grad_loss).to(bias_dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _chunk(
+    rows: torch.Tensor,
+    student: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    labels: torch.Tensor | None,
+    settings: dict[str, Any],
+    scale: torch.Tensor,
+    grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
+) -> torch.Tensor:
+    """Sums of loss, KD and CE over one chunk of kept rows; adds the chunk's gradients into ``grads``.
+
+    A function of its own so that the chunk's ``[rows, V]`` tensors are freed when it returns.
+    """
+    student_hidden, student_weight, student_bias = student
+    teacher_hidden, teacher_weight, teacher_bias = teacher
+    hidden = student_hidden.index_select(0, rows)
+    teacher_logits = F.linear(teacher_hidden.index_select(0, rows), teacher_weight, teacher_bias)
+    student_logits = F.linear(hidden, student_weight, student_bias).float()
+    with torch.enable_grad():
+        student_logits.requires_grad_(grads is not None)
+        # The chunk holds kept rows only, so the KD term needs no mask (and no copies of the logits to apply
+        # one); the label term is the same mean cross-entropy `distillation_loss` adds.
+        kd = distillation_loss(
+            student_logits,
+            teacher_logits,
+            temperature=settings["temperature"],
+            kind=settings["kind"],
+            beta=settings["beta"],
+        ).kd_loss
+        ce = torch.zeros_like(kd)
+        loss = kd
+        if labels is not None:
+            ce = F.cross_entropy(student_logits, labels.index_select(0, rows))
+            loss = settings["alpha"] * kd + (1.0 - settings["alpha"]) * ce
+        if grads is not None:
+            # d(mean over the chunk)/d(logits) · chunk/N = d(mean over all N kept tokens)/d(logits).
+            (grad_logits,) = torch.autograd.grad(loss, student_logits, scale * rows.numel())
+    if grads is not None:
+        grad_hidden, grad_weight, grad_bias = grads
+        chunk_grad_hidden = grad_logits.to(student_weight.dtype) @ student_weight
+        grad_hidden.index_copy_(0, rows, chunk_grad_hidden.to(grad_hidden.dtype))
+        grad_weight.addmm_(grad_logits.t(), hidden.float())
+        if grad_bias is not None:
+            grad_bias += grad_logits.sum(0)
+    return torch.stack([loss.detach(), kd.detach(), ce.detach()]) * rows.numel()
 
 
 def _check_inputs(

@@ -9,15 +9,22 @@ from peft import LoraConfig
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from hf_enhance.lora.patterns import clean_number, most_common, pattern_keys, suffix_targets
+from hf_enhance.lora.patterns import clean_number, module_keys, most_common, pattern_keys, suffix_targets
 from hf_enhance.lora.ranks import RankSchedule
 from hf_enhance.lora.scaling import ScalingRule, get_lora_scaling
 from hf_enhance.lora.targets import resolve_targets
-from hf_enhance.modeling import ModelOrConfig, ModuleSite, head_module_names, meta_model
+from hf_enhance.modeling import ModelOrConfig, ModuleSite, head_module_names, meta_model, module_sites
 
-__all__ = ["lora_config", "lora_metadata", "model_kwargs"]
+__all__ = ["lora_config", "lora_metadata", "model_kwargs", "untargeted_in_blocks"]
 
-_RESOLVED_BY_US = ("target_modules", "target_parameters", "rank_pattern", "alpha_pattern", "use_rslora")
+_RESOLVED_BY_US = (
+    "target_modules",
+    "target_parameters",
+    "exclude_modules",
+    "rank_pattern",
+    "alpha_pattern",
+    "use_rslora",
+)
 _METADATA_ATTR = "_hf_enhance_metadata"
 
 
@@ -41,6 +48,16 @@ def _alphas(
             )
         alphas[site.name] = clean_number(scale * (math.sqrt(r) if use_rslora else r))
     return alphas
+
+
+def untargeted_in_blocks(model: nn.Module, targets: list[str]) -> list[str]:
+    """Linear layers inside the transformer blocks that are not targeted: safe to name in exclude_modules."""
+    chosen = set(targets)
+    return [
+        n
+        for n, s in module_sites(model).items()
+        if s.stack is not None and s.kind == "module" and n not in chosen
+    ]
 
 
 def model_kwargs(model: nn.Module, modules: list[str], user_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -102,8 +119,12 @@ def lora_config(
 
     modules = [site.name for site in sites if site.kind == "module"]
     parameters = [site.name for site in sites if site.kind == "parameter"]
+    target_keys, exclude_keys = module_keys(
+        modules, (name for name, _ in model.named_modules()), untargeted_in_blocks(model, modules)
+    )
     kwargs: dict[str, Any] = {
-        "target_modules": suffix_targets(modules, (name for name, _ in model.named_modules())),
+        "target_modules": target_keys,
+        "exclude_modules": exclude_keys or None,
         "target_parameters": suffix_targets(parameters, (n for n, _ in model.named_parameters())) or None,
         "rank_pattern": pattern_keys(ranks, default_r, sites),
         "alpha_pattern": pattern_keys(alphas, default_alpha, sites),

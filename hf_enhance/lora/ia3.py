@@ -6,8 +6,8 @@ from typing import Any
 
 from peft import IA3Config
 
-from hf_enhance.lora.config import model_kwargs
-from hf_enhance.lora.patterns import suffix_targets
+from hf_enhance.lora.config import model_kwargs, untargeted_in_blocks
+from hf_enhance.lora.patterns import module_keys
 from hf_enhance.lora.targets import architecture_roles, list_lora_presets, resolve_targets
 from hf_enhance.modeling import ModelOrConfig, meta_model, module_sites
 
@@ -28,7 +28,7 @@ def ia3_config(model: ModelOrConfig, preset: str = "ia3", **ia3_kwargs: Any) -> 
     Feed-forward down projections (role ``mlp_out``) go in ``feedforward_modules``: IA3 scales their input,
     i.e. the feed-forward activations; every other target has its output scaled.
     """
-    clash = sorted({"target_modules", "feedforward_modules"} & set(ia3_kwargs))
+    clash = sorted({"target_modules", "feedforward_modules", "exclude_modules"} & set(ia3_kwargs))
     if clash:
         raise ValueError(
             f"{clash} are what ia3_config resolves from the preset; drop them or build IA3Config."
@@ -53,11 +53,16 @@ def ia3_config(model: ModelOrConfig, preset: str = "ia3", **ia3_kwargs: Any) -> 
     feedforward = [site.name for site in sites if site.name in set(roles["mlp_out"])]
     others = [site.name for site in sites if site.name not in set(feedforward)]
     universe = [name for name, _ in model.named_modules()]
-    ff_keys = suffix_targets(feedforward, universe)
+    excludable = untargeted_in_blocks(model, [site.name for site in sites])
+    ff_keys, ff_excludes = module_keys(feedforward, universe, excludable)
+    other_keys, other_excludes = module_keys(others, universe, excludable)
     # PEFT tests feedforward keys with a bare endswith (no dot boundary); fall back to full names on a clash.
     if any(name.endswith(key) for name in others for key in ff_keys):
-        ff_keys = feedforward
+        ff_keys, ff_excludes = feedforward, []
     kwargs = model_kwargs(model, [site.name for site in sites], ia3_kwargs)
     return IA3Config(
-        target_modules=suffix_targets(others, universe) + ff_keys, feedforward_modules=ff_keys, **kwargs
+        target_modules=other_keys + ff_keys,
+        exclude_modules=sorted(set(ff_excludes + other_excludes)) or None,
+        feedforward_modules=ff_keys,
+        **kwargs,
     )

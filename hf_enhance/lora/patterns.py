@@ -15,7 +15,7 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from hf_enhance.lora.targets import pattern_matches
 from hf_enhance.modeling import ModuleSite
 
-__all__ = ["clean_number", "most_common", "pattern_keys", "suffix_targets"]
+__all__ = ["clean_number", "module_keys", "most_common", "pattern_keys", "suffix_targets"]
 
 
 def clean_number(value: float) -> float | int:
@@ -30,6 +30,11 @@ def _suffixes(name: str) -> list[str]:
     return [".".join(parts[i:]) for i in range(len(parts) - 1, -1, -1) if not parts[i].isdigit()]
 
 
+def _hits(key: str, names: Sequence[str]) -> set[str]:
+    """Names PEFT's ``target_modules`` list rule matches with ``key``."""
+    return {n for n in names if n == key or n.endswith(f".{key}")}
+
+
 def suffix_targets(selected: Sequence[str], universe: Iterable[str]) -> list[str]:
     """Shortest dotted suffixes that, under PEFT's ``target_modules`` list rule, hit exactly ``selected``.
 
@@ -37,16 +42,42 @@ def suffix_targets(selected: Sequence[str], universe: Iterable[str]) -> list[str
     """
     wanted = set(selected)
     names = list(universe)
-    safe: dict[str, bool] = {}
     keys: dict[str, None] = {}
+    hit: set[str] = set()
     for name in selected:
-        for suffix in _suffixes(name):
-            if suffix not in safe:
-                safe[suffix] = all(n in wanted for n in names if n == suffix or n.endswith(f".{suffix}"))
-            if safe[suffix]:
-                keys[suffix] = None
-                break
+        if name not in hit:
+            key = next(s for s in _suffixes(name) if _hits(s, names) <= wanted)
+            keys[key] = None
+            hit |= _hits(key, names)
     return list(keys)
+
+
+def module_keys(
+    selected: Sequence[str], universe: Iterable[str], excludable: Iterable[str] = ()
+) -> tuple[list[str], list[str]]:
+    """``(target_modules, exclude_modules)`` keys that hit exactly ``selected``, whichever form is shorter.
+
+    The exact form uses only ``suffix_targets``. The exclude form may use a broader key whose extra hits are
+    all in ``excludable`` (untargeted linear layers inside the transformer blocks) and lists those in
+    ``exclude_modules``: BERT's MLP is ``["intermediate.dense", "output.dense"]`` minus
+    ``["attention.output.dense"]`` instead of one ``layer.<i>.output.dense`` key per layer.
+    """
+    names = list(universe)
+    exact = suffix_targets(selected, names)
+    allowed = set(selected) | set(excludable)
+    keys: dict[str, None] = {}
+    hit: set[str] = set()
+    for name in selected:
+        if name in hit:
+            continue
+        key = next(s for s in _suffixes(name) if _hits(s, names) <= allowed)
+        keys[key] = None
+        hit |= _hits(key, names)
+    unwanted = sorted(hit - set(selected))
+    excludes = suffix_targets(unwanted, names) if unwanted else []
+    if len(keys) + len(excludes) < len(exact):
+        return list(keys), excludes
+    return exact, []
 
 
 def _candidates(site: ModuleSite) -> list[str]:

@@ -32,6 +32,7 @@ METADATA_FILE = "hf_enhance.json"
 
 
 def lora_adapter_name(peft_model: PeftModel, adapter_name: str | None) -> str:
+    """``adapter_name`` (default: the active adapter), checked to be a loaded, plain LoRA adapter."""
     configs = getattr(peft_model, "peft_config", None)
     if not isinstance(configs, dict):
         raise TypeError(f"Expected a peft.PeftModel, got {type(peft_model).__name__}.")

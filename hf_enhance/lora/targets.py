@@ -203,7 +203,9 @@ def _all_linear(model: nn.Module, sites: Mapping[str, ModuleSite]) -> set[str]:
     return {name for name in sites if not any(name == h or name.startswith(f"{h}.") for h in heads)}
 
 
-def _from_patterns(model: nn.Module, preset: str, table: Mapping[str, Sequence[str]], sites) -> set[str]:
+def _from_patterns(
+    model: nn.Module, preset: str, table: Mapping[str, Sequence[str]], sites: Mapping[str, ModuleSite]
+) -> set[str]:
     arch = model_type(model)
     if arch not in table:
         raise ValueError(
@@ -224,7 +226,7 @@ def _from_patterns(model: nn.Module, preset: str, table: Mapping[str, Sequence[s
 
 
 def _from_callable(
-    model: nn.Module, preset: str, fn: Callable[[nn.Module], Iterable[str]], sites
+    model: nn.Module, preset: str, fn: Callable[[nn.Module], Iterable[str]], sites: Mapping[str, ModuleSite]
 ) -> set[str]:
     chosen = set(fn(model))
     bad = sorted(chosen - set(sites))

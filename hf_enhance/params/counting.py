@@ -29,7 +29,7 @@ from transformers.pytorch_utils import Conv1D
 from transformers.quantizers.base import get_keys_to_not_convert
 from transformers.quantizers.quantizers_utils import should_convert_module
 
-from hf_enhance.lora import ia3_config, lora_config, prefix_tuning_config
+from hf_enhance.lora import RankSchedule, ia3_config, lora_config, prefix_tuning_config
 from hf_enhance.modeling import meta_model
 from hf_enhance.params.memory import TensorGroup, nf4_bytes
 from hf_enhance.params.result import ParameterCount
@@ -72,13 +72,14 @@ def _task_type_of(model: nn.Module) -> str:
 @contextmanager
 def _quiet_and_gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while thousands of modules are created (on a 70B config a third of the time
-    otherwise goes to collections that free nothing), and hide transformers' deprecation notice about a method
-    PEFT calls, which the user cannot act on."""
+    otherwise goes to collections that free nothing), and hide two notices the user cannot act on here."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            # PEFT fixes the flag itself for GPT-2's Conv1D; the count does not depend on it.
+            warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False", category=UserWarning)
             yield
     finally:
         if was_enabled:
@@ -146,7 +147,7 @@ def _check_explicit_config(
     method: str | None,
     preset: str | None,
     target_modules: str | Sequence[str] | None,
-    r: Any,
+    r: int | RankSchedule | None,
     task_type: str | None,
     peft_kwargs: dict[str, Any],
 ) -> None:
@@ -173,7 +174,7 @@ def _build_peft_config(
     method: str,
     preset: str | None,
     target_modules: str | Sequence[str] | None,
-    r: Any,
+    r: int | RankSchedule | None,
     task_type: str | None,
     peft_kwargs: dict[str, Any],
 ) -> PeftConfig | None:
@@ -181,10 +182,15 @@ def _build_peft_config(
         raise ValueError(
             f"Got both preset={preset!r} and target_modules: a preset chooses the target modules. Pass one of them."
         )
-    lora_only = "target_modules and r configure LoRA (method='lora'); drop them or switch method."
+    lora_only = "preset, target_modules and r configure LoRA (method='lora'); drop them or switch method."
     if method == "full":
         _reject(
-            "full fine-tuning", lora_only, preset=preset, target_modules=target_modules, r=r, **peft_kwargs
+            "full fine-tuning",
+            "Full fine-tuning trains every parameter and takes no PEFT options; drop them or pick a PEFT method.",
+            preset=preset,
+            target_modules=target_modules,
+            r=r,
+            **peft_kwargs,
         )
         return None
     if task_type is not None:
@@ -251,7 +257,7 @@ def count_parameters(
     method: str | None = None,
     preset: str | None = None,
     target_modules: str | Sequence[str] | None = None,
-    r: Any = None,
+    r: int | RankSchedule | None = None,
     peft_config: PeftConfig | None = None,
     task_type: str | None = None,
     **peft_kwargs: Any,

@@ -26,7 +26,7 @@ __all__ = ["MEMORY_SETUPS", "MemoryEstimate", "TensorGroup", "estimate_memory", 
 
 MEMORY_SETUPS: dict[str, str] = {
     "fp32": "all weights, gradients and AdamW states in float32",
-    "bf16": "model loaded in bfloat16; PEFT adapters in float32 (PEFT's default)",
+    "bf16": "model loaded in bfloat16, AdamW states in the parameter dtype; PEFT adapters in float32",
     "qlora": "bf16 setup with frozen linear weights in 4-bit NF4, double-quantized (bitsandbytes)",
 }
 

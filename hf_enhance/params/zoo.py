@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import nn
 from transformers import (
     BertConfig,
     GPT2Config,
@@ -23,7 +25,7 @@ from transformers import (
     T5Config,
 )
 
-__all__ = ["MODEL_ZOO", "ZooModel", "zoo_config"]
+__all__ = ["MODEL_ZOO", "ZooModel", "worked_example", "zoo_config"]
 
 
 @dataclass(frozen=True)
@@ -283,3 +285,13 @@ def zoo_config(name: str) -> PretrainedConfig:
             "(`AutoConfig.from_pretrained(...)`) or a path to its config.json instead."
         )
     return MODEL_ZOO[name].config()
+
+
+def worked_example() -> nn.Module:
+    """LoRA's textbook example on the meta device: one 1000 -> 6000 linear layer named ``layer``.
+
+    Its 6,000,000 weights against ``r * (1000 + 6000)`` LoRA parameters: 14,000 at ``r=2``
+    (``count_parameters(worked_example(), target_modules=["layer"], r=2)``).
+    """
+    with torch.device("meta"):
+        return nn.ModuleDict({"layer": nn.Linear(1000, 6000, bias=False)})

@@ -39,19 +39,27 @@ class EnhancedTrainingArguments(TrainingArguments):
     )
     save_strategy: SaveStrategy | str = field(
         default="epoch",
-        metadata={"help": "When to save checkpoints: 'no', 'steps', 'epoch' or 'best' (transformers: 'steps')."},
+        metadata={
+            "help": "When to save checkpoints: 'no', 'steps', 'epoch' or 'best' (transformers: 'steps')."
+        },
     )
     load_best_model_at_end: bool = field(
         default=True,
-        metadata={"help": "Load the best checkpoint (by metric_for_best_model) at the end (transformers: False)."},
+        metadata={
+            "help": "Load the best checkpoint (by metric_for_best_model) at the end (transformers: False)."
+        },
     )
     metric_for_best_model: str | None = field(
         default="eval_loss",
-        metadata={"help": "Metric that picks the best checkpoint and drives early stopping (transformers: None)."},
+        metadata={
+            "help": "Metric that picks the best checkpoint and drives early stopping (transformers: None)."
+        },
     )
     save_total_limit: int | None = field(
         default=2,
-        metadata={"help": "Checkpoints kept on disk; the best one is never deleted (transformers: None = all)."},
+        metadata={
+            "help": "Checkpoints kept on disk; the best one is never deleted (transformers: None = all)."
+        },
     )
     max_grad_norm: float | None = field(
         default=1.0,
@@ -64,7 +72,9 @@ class EnhancedTrainingArguments(TrainingArguments):
     # ---- early stopping ----
     early_stopping_patience: int | None = field(
         default=3,
-        metadata={"help": "Evaluations without improvement before stopping. None or 0: no patience-based stop."},
+        metadata={
+            "help": "Evaluations without improvement before stopping. None or 0: no patience-based stop."
+        },
     )
     early_stopping_min_delta: float = field(
         default=0.0,
@@ -74,11 +84,15 @@ class EnhancedTrainingArguments(TrainingArguments):
     )
     early_stopping_relative: bool = field(
         default=False,
-        metadata={"help": "Read early_stopping_min_delta as a fraction of the best value (0.01 = 1% better)."},
+        metadata={
+            "help": "Read early_stopping_min_delta as a fraction of the best value (0.01 = 1% better)."
+        },
     )
     early_stopping_baseline: float | None = field(
         default=None,
-        metadata={"help": "Value the metric must beat within early_stopping_patience evaluations, or training stops."},
+        metadata={
+            "help": "Value the metric must beat within early_stopping_patience evaluations, or training stops."
+        },
     )
     stop_on_nonfinite: bool = field(
         default=True,
@@ -102,15 +116,22 @@ class EnhancedTrainingArguments(TrainingArguments):
         default=10.0, metadata={"help": "AutoClip: percentile of the gradient-norm history to clip at."}
     )
     autoclip_history_size: int | None = field(
-        default=None, metadata={"help": "AutoClip: only the last N norms count. None: the whole run (as the paper)."}
+        default=None,
+        metadata={"help": "AutoClip: only the last N norms count. None: the whole run (as the paper)."},
     )
-    zclip_z_threshold: float = field(default=2.5, metadata={"help": "ZClip: z-score above which a norm is clipped."})
-    zclip_alpha: float = field(default=0.97, metadata={"help": "ZClip: smoothing factor of the moving mean/variance."})
+    zclip_z_threshold: float = field(
+        default=2.5, metadata={"help": "ZClip: z-score above which a norm is clipped."}
+    )
+    zclip_alpha: float = field(
+        default=0.97, metadata={"help": "ZClip: smoothing factor of the moving mean/variance."}
+    )
     zclip_warmup_steps: int = field(
-        default=25, metadata={"help": "ZClip: steps that initialise the mean and variance (no clipping before)."}
+        default=25,
+        metadata={"help": "ZClip: steps that initialise the mean and variance (no clipping before)."},
     )
     adaptive_clip_max_norm: float | None = field(
-        default=None, metadata={"help": "AutoClip/ZClip: hard ceiling on the adaptive threshold. None: no ceiling."}
+        default=None,
+        metadata={"help": "AutoClip/ZClip: hard ceiling on the adaptive threshold. None: no ceiling."},
     )
 
     def __post_init__(self) -> None:
@@ -121,13 +142,17 @@ class EnhancedTrainingArguments(TrainingArguments):
                 f"Unknown grad_clip_mode {self.grad_clip_mode!r}. Valid choices: {', '.join(CLIP_MODES)}."
             )
         if self.max_grad_norm < 0:
-            raise ValueError(f"max_grad_norm must be >= 0 (0 or None: no clipping), got {self.max_grad_norm}.")
+            raise ValueError(
+                f"max_grad_norm must be >= 0 (0 or None: no clipping), got {self.max_grad_norm}."
+            )
         # Build both once so that bad settings fail here, before any work, with the components' messages.
         for build in (self.early_stopping_callback, self.grad_clipper):
             try:
                 build()
             except ValueError as err:
-                raise ValueError(f"Invalid EnhancedTrainingArguments (early_stopping_*/clipping fields): {err}") from err
+                raise ValueError(
+                    f"Invalid EnhancedTrainingArguments (early_stopping_*/clipping fields): {err}"
+                ) from err
 
         eval_strategy = IntervalStrategy(self.eval_strategy)
         if eval_strategy == IntervalStrategy.NO:
@@ -156,10 +181,13 @@ class EnhancedTrainingArguments(TrainingArguments):
         switched = []
         if self.early_stopping_patience:
             switched.append(f"early stopping (early_stopping_patience={self.early_stopping_patience})")
+        if self.divergence_threshold is not None:
+            switched.append(f"the divergence stop (divergence_threshold={self.divergence_threshold:g})")
         if self.load_best_model_at_end:
             switched.append("best-model loading (load_best_model_at_end=True)")
         self.early_stopping_patience = None
         self.early_stopping_baseline = None
+        self.divergence_threshold = None
         self.load_best_model_at_end = False
         if switched:
             logger.warning(
@@ -167,7 +195,7 @@ class EnhancedTrainingArguments(TrainingArguments):
                 "or 'steps' to use them, or set early_stopping_patience=None and load_best_model_at_end=False "
                 "to silence this warning.",
                 reason,
-                " and ".join(switched),
+                " and ".join(filter(None, [", ".join(switched[:-1]), switched[-1]])),
                 "is" if len(switched) == 1 else "are",
             )
 
@@ -181,7 +209,9 @@ class EnhancedTrainingArguments(TrainingArguments):
 
     def early_stopping_callback(self) -> EarlyStopping | None:
         """The `EarlyStopping` these arguments ask for, or None when every check is off."""
-        if not (self.early_stopping_patience or self.stop_on_nonfinite or self.divergence_threshold is not None):
+        if not (
+            self.early_stopping_patience or self.stop_on_nonfinite or self.divergence_threshold is not None
+        ):
             return None
         return EarlyStopping(
             patience=self.early_stopping_patience or None,

@@ -152,7 +152,9 @@ class AdaptiveGradClip:
         return threshold if self.max_norm is None else min(threshold, self.max_norm)
 
     def clip_(
-        self, parameters: Iterable[torch.Tensor] | torch.Tensor, total_norm: float | torch.Tensor | None = None
+        self,
+        parameters: Iterable[torch.Tensor] | torch.Tensor,
+        total_norm: float | torch.Tensor | None = None,
     ) -> float:
         """Clip the gradients of `parameters` in place; return the threshold applied.
 

@@ -64,7 +64,9 @@ class EarlyStopping(TrainerCallback, ExportableState):
         check_finite: bool = True,
         divergence_threshold: float | None = None,
     ) -> None:
-        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
+        if patience is not None and (
+            isinstance(patience, bool) or not isinstance(patience, int) or patience < 0
+        ):
             raise ValueError(
                 f"patience must be None or an integer >= 0 (evaluations without improvement before stopping; "
                 f"None or 0 turns it off), got {patience!r}."
@@ -75,7 +77,9 @@ class EarlyStopping(TrainerCallback, ExportableState):
                 f"as an improvement), got {min_delta!r}."
             )
         if mode is not None and mode not in MODES:
-            raise ValueError(f"Unknown mode {mode!r}. Valid choices: {', '.join(MODES)} (or None to infer it).")
+            raise ValueError(
+                f"Unknown mode {mode!r}. Valid choices: {', '.join(MODES)} (or None to infer it)."
+            )
         if baseline is not None and not patience:
             raise ValueError(
                 f"baseline={baseline} needs a patience: it stops training when `patience` evaluations pass without "
@@ -193,7 +197,9 @@ class EarlyStopping(TrainerCallback, ExportableState):
             f"{self._delta_text()} for {self.patience} evaluations: stopped at step {step}."
         )
 
-    def _stop(self, state: TrainerState, control: TrainerControl, reason: str, nonfinite: bool = False) -> None:
+    def _stop(
+        self, state: TrainerState, control: TrainerControl, reason: str, nonfinite: bool = False
+    ) -> None:
         control.should_training_stop = True
         if nonfinite:
             self._skip_saves(control)
@@ -212,7 +218,9 @@ class EarlyStopping(TrainerCallback, ExportableState):
         self._reset()
         if state.global_step > 0:
             self._restore(state)
-        if args.eval_strategy == IntervalStrategy.NO and (self.patience or self.divergence_threshold is not None):
+        if args.eval_strategy == IntervalStrategy.NO and (
+            self.patience or self.divergence_threshold is not None
+        ):
             logger.warning(
                 "EarlyStopping watches %s, but eval_strategy='no' so it is never computed: only the NaN/inf "
                 "checks on the training logs are active. Set eval_strategy='epoch' or 'steps' and pass an "

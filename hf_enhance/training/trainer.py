@@ -49,7 +49,11 @@ class EnhancedTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         params = inspect.signature(Trainer.__init__).bind(self, *args, **kwargs).arguments
         params.pop("self")
-        training_args = params.get("args") or EnhancedTrainingArguments(output_dir="tmp_trainer")
+        training_args = params.get("args")
+        if training_args is None:
+            training_args = EnhancedTrainingArguments(
+                output_dir="tmp_trainer"
+            )  # Trainer's own default folder
         if isinstance(training_args, EnhancedTrainingArguments):
             if training_args.eval_strategy != IntervalStrategy.NO and params.get("eval_dataset") is None:
                 training_args = training_args.without_evaluation("no eval_dataset was passed to the trainer")
@@ -76,7 +80,11 @@ class EnhancedTrainer(Trainer):
     def stop_reason(self) -> str | None:
         """Why the last `train()` stopped early (from its `EarlyStopping`), or None if it ran to the end."""
         return next(
-            (cb.stop_reason for cb in self.callback_handler.callbacks if isinstance(cb, EarlyStopping) and cb.stop_reason),
+            (
+                cb.stop_reason
+                for cb in self.callback_handler.callbacks
+                if isinstance(cb, EarlyStopping) and cb.stop_reason
+            ),
             None,
         )
 
@@ -120,7 +128,9 @@ class EnhancedTrainer(Trainer):
             self._clip_threshold = threshold
         return norm
 
-    def _maybe_log_save_evaluate(self, tr_loss: torch.Tensor, grad_norm: Any, *args: Any, **kwargs: Any) -> None:
+    def _maybe_log_save_evaluate(
+        self, tr_loss: torch.Tensor, grad_norm: Any, *args: Any, **kwargs: Any
+    ) -> None:
         # Called after every optimizer step with that step's gradient norm: log a NaN/inf norm at once, so that
         # EarlyStopping sees it at this step rather than at the next logging step.
         if (
@@ -155,7 +165,10 @@ class EnhancedTrainer(Trainer):
         path = os.path.join(checkpoint, GRAD_CLIP_STATE_NAME)
         if not os.path.isfile(path):
             logger.warning(
-                "%s has no %s: the %s statistics start afresh.", checkpoint, GRAD_CLIP_STATE_NAME, self.args.grad_clip_mode
+                "%s has no %s: the %s statistics start afresh.",
+                checkpoint,
+                GRAD_CLIP_STATE_NAME,
+                self.args.grad_clip_mode,
             )
             return
         with open(path) as f:

@@ -194,3 +194,15 @@ def test_bad_settings_are_checked_before_any_work() -> None:
         fused_distillation_loss(**make_inputs(), kind="kl")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="alpha"):
         fused_distillation_loss(**make_inputs(), alpha=1.5)
+
+
+def test_under_autocast_mixed_dtypes_match_the_autocast_naive_path() -> None:
+    inputs = make_inputs()
+    inputs["student_hidden"] = inputs["student_hidden"].detach().bfloat16().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, expected_grads = naive(inputs, kind="jsd")
+        out, grads = fused(inputs, kind="jsd", chunk_size=9)
+    assert out.loss.item() == pytest.approx(expected.loss.item(), rel=1e-3)
+    assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.float32
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert_close_rel(got, want, 2e-2)

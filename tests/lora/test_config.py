@@ -24,7 +24,9 @@ def _scales(peft_model: torch.nn.Module) -> set[float]:
     return {round(m.scaling["default"], 9) for m in peft_model.modules() if isinstance(m, LoraLayer)}
 
 
-def _round_trip(arch: str, config: LoraConfig, path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
+def _round_trip(
+    arch: str, config: LoraConfig, path: Path
+) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Module]:
     peft_model = get_peft_model(tiny_model(arch), config).eval()
     peft_model.save_pretrained(path)
     reloaded = PeftModel.from_pretrained(tiny_model(arch), path).eval()
@@ -33,7 +35,9 @@ def _round_trip(arch: str, config: LoraConfig, path: Path) -> tuple[torch.Tensor
 
 @pytest.mark.parametrize("scaling", SCALINGS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_round_trip_through_vanilla_peft_gives_identical_logits(arch: str, scaling: str, tmp_path: Path) -> None:
+def test_round_trip_through_vanilla_peft_gives_identical_logits(
+    arch: str, scaling: str, tmp_path: Path
+) -> None:
     config = lora_config(tiny_config(arch), "attention-mlp", scaling=scaling, init_lora_weights=False)
     trained, reloaded_logits, reloaded = _round_trip(arch, config, tmp_path)
     with reloaded.disable_adapter():
@@ -50,13 +54,17 @@ def test_adapter_config_holds_only_standard_peft_keys(tmp_path: Path) -> None:
     assert set(saved) <= {f.name for f in dataclasses.fields(LoraConfig)}
     assert "hf_enhance" not in json.dumps(saved)
     assert saved["use_rslora"] is True and saved["lora_dropout"] == 0.1
-    assert sorted(saved["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    assert sorted(saved["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 def test_constant_scaling_does_not_depend_on_rank() -> None:
     scales = set()
     for r in (2, 8, 32):
-        peft_model = get_peft_model(tiny_model("llama"), lora_config(tiny_config("llama"), r=r, scaling="constant"))
+        peft_model = get_peft_model(
+            tiny_model("llama"), lora_config(tiny_config("llama"), r=r, scaling="constant")
+        )
         scales |= _scales(peft_model)
     assert scales == {16.0}
 

@@ -72,8 +72,16 @@ def test_fallback_inference_agrees_with_the_role_table(arch: str, restore_regist
     [
         ("gpt2", "attention-qv", {"transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"}),
         ("phi3", "attention-qv", {"model.layers.0.self_attn.qkv_proj", "model.layers.1.self_attn.qkv_proj"}),
-        ("bert", "mlp", {f"bert.encoder.layer.{i}.{m}" for i in (0, 1) for m in ("intermediate.dense", "output.dense")}),
-        ("mixtral", "mlp", {f"model.layers.{i}.mlp.experts.{p}" for i in (0, 1) for p in ("gate_up_proj", "down_proj")}),
+        (
+            "bert",
+            "mlp",
+            {f"bert.encoder.layer.{i}.{m}" for i in (0, 1) for m in ("intermediate.dense", "output.dense")},
+        ),
+        (
+            "mixtral",
+            "mlp",
+            {f"model.layers.{i}.mlp.experts.{p}" for i in (0, 1) for p in ("gate_up_proj", "down_proj")},
+        ),
         ("electra", "all-linear", None),
     ],
 )
@@ -94,10 +102,13 @@ def test_gpt2_conv1d_sets_fan_in_fan_out() -> None:
 def test_target_modules_are_short_and_exact() -> None:
     config = lora_config(tiny_config("llama"), "attention")
     assert config.target_modules == {"q_proj", "k_proj", "v_proj", "o_proj"}
-    bert = lora_config(tiny_config("bert"), "mlp")
-    # "output.dense" alone would also hit attention.output.dense, so the key must be longer.
-    assert "output.dense" not in bert.target_modules
-    assert all("attention" not in key for key in bert.target_modules)
+    assert config.exclude_modules is None
+    # BERT's MLP output is "<layer>.output.dense", its attention output "attention.output.dense": the short
+    # form targets "output.dense" and excludes the attention one instead of listing one key per layer.
+    bert = lora_config(tiny_config("bert", num_hidden_layers=12), "mlp")
+    assert bert.target_modules == {"intermediate.dense", "output.dense"}
+    assert bert.exclude_modules == {"attention.output.dense"}
+    assert lora_config(tiny_config("bert"), "attention-mlp").exclude_modules is None
 
 
 @pytest.mark.parametrize(
@@ -113,7 +124,9 @@ def test_classification_heads_go_to_modules_to_save(arch: str, heads: list[str])
 
 
 def test_model_and_config_resolve_the_same() -> None:
-    assert lora_targets(tiny_model("qwen2"), "attention-mlp") == lora_targets(tiny_config("qwen2"), "attention-mlp")
+    assert lora_targets(tiny_model("qwen2"), "attention-mlp") == lora_targets(
+        tiny_config("qwen2"), "attention-mlp"
+    )
 
 
 def test_list_presets_has_builtins_with_descriptions() -> None:
@@ -132,7 +145,10 @@ def test_unknown_preset_lists_valid_choices() -> None:
 def test_register_preset_by_patterns(restore_registries: None) -> None:
     register_lora_preset("o-only", {"llama": ["o_proj"], "gpt2": ["attn.c_proj"]}, "output projections")
     assert list_lora_presets()["o-only"] == "output projections"
-    assert lora_targets(tiny_config("gpt2"), "o-only") == ["transformer.h.0.attn.c_proj", "transformer.h.1.attn.c_proj"]
+    assert lora_targets(tiny_config("gpt2"), "o-only") == [
+        "transformer.h.0.attn.c_proj",
+        "transformer.h.1.attn.c_proj",
+    ]
     with pytest.raises(ValueError, match=r"no targets for model_type 'bert'; it covers \['gpt2', 'llama'\]"):
         lora_targets(tiny_config("bert"), "o-only")
     with pytest.raises(ValueError, match="already exists"):
@@ -140,7 +156,9 @@ def test_register_preset_by_patterns(restore_registries: None) -> None:
 
 
 def test_register_preset_by_callable(restore_registries: None) -> None:
-    register_lora_preset("last-layer-q", lambda model: [n for n in linear_modules(model) if "layers.1.self_attn.q" in n])
+    register_lora_preset(
+        "last-layer-q", lambda model: [n for n in linear_modules(model) if "layers.1.self_attn.q" in n]
+    )
     assert lora_targets(tiny_config("llama"), "last-layer-q") == ["model.layers.1.self_attn.q_proj"]
     register_lora_preset("bogus", lambda model: ["model.layers.0.input_layernorm"])
     with pytest.raises(ValueError, match="not linear modules or expert weights"):
@@ -176,7 +194,9 @@ class _Odd(torch.nn.Module):
 
 
 def test_fallback_failure_lists_linear_modules_and_how_to_register(restore_registries: None) -> None:
-    with pytest.raises(ValueError, match=r"inference failed.*blocks\.<i>\.mix.*register_lora_architecture\('odd'"):
+    with pytest.raises(
+        ValueError, match=r"inference failed.*blocks\.<i>\.mix.*register_lora_architecture\('odd'"
+    ):
         lora_targets(_Odd(), "attention")
     with pytest.raises(ValueError, match=r"no config.model_type.*lambda model"):
         lora_targets(_Odd(model_type=None), "attention")

@@ -23,7 +23,9 @@ _GQA = dict(_DECODER, num_key_value_heads=2, head_dim=8)
 _ENCODER = dict(_DECODER, type_vocab_size=2)
 
 TINY: dict[str, dict] = {
-    "gpt2": dict(n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=64, bos_token_id=0, eos_token_id=0),
+    "gpt2": dict(
+        n_layer=2, n_embd=32, n_head=4, vocab_size=64, n_positions=64, bos_token_id=0, eos_token_id=0
+    ),
     "gpt_neox": _DECODER,
     "gpt_neo": dict(
         num_layers=2,
@@ -48,8 +50,12 @@ TINY: dict[str, dict] = {
     "bert": _ENCODER,
     "roberta": dict(_ENCODER, pad_token_id=1),
     "electra": dict(_ENCODER, embedding_size=16),
-    "distilbert": dict(n_layers=2, dim=32, n_heads=4, hidden_dim=64, vocab_size=64, max_position_embeddings=64),
-    "t5": dict(num_layers=2, d_model=32, d_kv=8, num_heads=4, d_ff=64, vocab_size=64, decoder_start_token_id=0),
+    "distilbert": dict(
+        n_layers=2, dim=32, n_heads=4, hidden_dim=64, vocab_size=64, max_position_embeddings=64
+    ),
+    "t5": dict(
+        num_layers=2, d_model=32, d_kv=8, num_heads=4, d_ff=64, vocab_size=64, decoder_start_token_id=0
+    ),
     "bart": dict(
         encoder_layers=2,
         decoder_layers=2,

@@ -15,7 +15,7 @@ from transformers import GPT2Config
 
 from hf_enhance import count_parameters
 from hf_enhance.lora import RankSchedule, list_lora_presets, lora_config
-from hf_enhance.params.zoo import zoo_config
+from hf_enhance.params.zoo import worked_example, zoo_config
 from tests.lora.tiny import ARCHS, tiny_config, tiny_model
 
 PRESETS = sorted(list_lora_presets())
@@ -26,17 +26,9 @@ def peft_count(model: nn.Module, config) -> tuple[int, int]:
     return get_peft_model(copy.deepcopy(model), config).get_nb_trainable_parameters()
 
 
-class SeedLayer(nn.Module):
-    """The seeds' worked example: one 1000 -> 6000 layer, 6,000,000 weights."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(1000, 6000, bias=False)
-
-
 def test_seed_example_rank_2_trains_14000_of_6_million() -> None:
-    with torch.device("meta"):
-        model = SeedLayer()
+    model = worked_example()
+    assert sum(p.numel() for p in model.parameters()) == 6_000_000
     count = count_parameters(model, target_modules=["layer"], r=2)
     assert count.trainable == 14_000 == 2 * (1000 + 6000)
     assert count.total == 6_000_000 + 14_000

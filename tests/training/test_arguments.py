@@ -35,7 +35,11 @@ EXPECTED_DEFAULTS = {
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("hf_enhance")]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("hf_enhance")
+    ]
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -54,24 +58,45 @@ def test_defaults(tmp_path: Path) -> None:
 def test_defaults_differ_from_transformers_where_documented() -> None:
     ours, theirs = EnhancedTrainingArguments.__dataclass_fields__, TrainingArguments.__dataclass_fields__
     changed = {name for name in theirs if ours[name].default != theirs[name].default}
-    assert changed == {"eval_strategy", "save_strategy", "load_best_model_at_end", "metric_for_best_model", "save_total_limit"}
+    assert changed == {
+        "eval_strategy",
+        "save_strategy",
+        "load_best_model_at_end",
+        "metric_for_best_model",
+        "save_total_limit",
+    }
 
 
-def test_evaluation_off_switches_off_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_evaluation_off_switches_off_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
-        args = EnhancedTrainingArguments(output_dir=str(tmp_path), eval_strategy="no")
-    assert (args.load_best_model_at_end, args.early_stopping_patience) == (False, None)
+        args = EnhancedTrainingArguments(
+            output_dir=str(tmp_path), eval_strategy="no", divergence_threshold=5.0
+        )
+    assert (args.load_best_model_at_end, args.early_stopping_patience, args.divergence_threshold) == (
+        False,
+        None,
+        None,
+    )
     (warning,) = _warnings(caplog)
-    assert "eval_strategy='no'" in warning
-    assert "early stopping (early_stopping_patience=3) and best-model loading" in warning
+    assert warning.startswith(
+        "eval_strategy='no': evaluation is off, so early stopping (early_stopping_patience=3), the divergence stop "
+        "(divergence_threshold=5) and best-model loading (load_best_model_at_end=True) are switched off."
+    )
     callback = args.early_stopping_callback()
     assert callback is not None and callback.patience is None and callback.check_finite  # NaN guard stays on
 
 
-def test_evaluation_off_is_quiet_when_dependents_are_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_evaluation_off_is_quiet_when_dependents_are_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with caplog.at_level(logging.WARNING):
         EnhancedTrainingArguments(
-            output_dir=str(tmp_path), eval_strategy="no", load_best_model_at_end=False, early_stopping_patience=None
+            output_dir=str(tmp_path),
+            eval_strategy="no",
+            load_best_model_at_end=False,
+            early_stopping_patience=None,
         )
     assert _warnings(caplog) == []
 
@@ -82,7 +107,11 @@ def test_without_evaluation_copies(tmp_path: Path, caplog: pytest.LogCaptureFixt
         off = args.without_evaluation("no eval_dataset was passed to the trainer")
     assert len(_warnings(caplog)) == 1
     assert (off.eval_strategy, off.do_eval, off.load_best_model_at_end) == (IntervalStrategy.NO, False, False)
-    assert (args.eval_strategy, args.load_best_model_at_end, args.early_stopping_patience) == ("epoch", True, 3)
+    assert (args.eval_strategy, args.load_best_model_at_end, args.early_stopping_patience) == (
+        "epoch",
+        True,
+        3,
+    )
 
 
 def test_steps_evaluation_saves_with_each_evaluation(tmp_path: Path) -> None:
@@ -91,7 +120,11 @@ def test_steps_evaluation_saves_with_each_evaluation(tmp_path: Path) -> None:
     assert (args.save_strategy, args.save_steps) == (SaveStrategy.STEPS, 50)
     with pytest.raises(ValueError, match="requires the save and eval strategy to match"):
         TrainingArguments(
-            output_dir=str(tmp_path), eval_strategy="steps", eval_steps=50, save_strategy="epoch", load_best_model_at_end=True
+            output_dir=str(tmp_path),
+            eval_strategy="steps",
+            eval_steps=50,
+            save_strategy="epoch",
+            load_best_model_at_end=True,
         )
 
 
@@ -130,5 +163,9 @@ def test_command_line(tmp_path: Path) -> None:
         ["--output_dir", str(tmp_path), "--grad_clip_mode", "autoclip", "--early_stopping_patience", "5",
          "--early_stopping_relative", "true", "--divergence_threshold", "10"]
     )  # fmt: skip
-    assert (args.grad_clip_mode, args.early_stopping_patience, args.early_stopping_relative) == ("autoclip", 5, True)
+    assert (args.grad_clip_mode, args.early_stopping_patience, args.early_stopping_relative) == (
+        "autoclip",
+        5,
+        True,
+    )
     assert args.divergence_threshold == 10.0

@@ -96,7 +96,9 @@ def test_zclip_clips_spikes_only() -> None:
     norms = [1.0 + 0.01 * (i % 5) for i in range(40)]
     norms[35] = 50.0
     clipper = AdaptiveGradClip("zclip", warmup_steps=10)
-    clipped = [norm > clipper.clip_(params) for params, norm in zip(_params_with_grads(norms), norms, strict=True)]
+    clipped = [
+        norm > clipper.clip_(params) for params, norm in zip(_params_with_grads(norms), norms, strict=True)
+    ]
     assert clipped == [i == 35 for i in range(40)]
 
 

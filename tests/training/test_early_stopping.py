@@ -65,11 +65,21 @@ def _run(
             id="relative",
         ),
         pytest.param(
-            {"patience": 2, "min_delta": 0.05, "relative": True}, [100.0, 96.0, 94.0, 90.0], None, None, id="rel-gain"
+            {"patience": 2, "min_delta": 0.05, "relative": True},
+            [100.0, 96.0, 94.0, 90.0],
+            None,
+            None,
+            id="rel-gain",
         ),
-        pytest.param({"patience": 2, "baseline": 0.5}, [0.8, 0.7, 0.6], 1, "baseline 0.5", id="baseline-never"),
-        pytest.param({"patience": 2, "baseline": 0.5}, [0.8, 0.4, 0.45, 0.46], 3, "best 0.4", id="baseline-beaten"),
-        pytest.param({"divergence_threshold": 2.0}, [1.0, 0.9, 2.5], 2, "divergence_threshold=2", id="divergence"),
+        pytest.param(
+            {"patience": 2, "baseline": 0.5}, [0.8, 0.7, 0.6], 1, "baseline 0.5", id="baseline-never"
+        ),
+        pytest.param(
+            {"patience": 2, "baseline": 0.5}, [0.8, 0.4, 0.45, 0.46], 3, "best 0.4", id="baseline-beaten"
+        ),
+        pytest.param(
+            {"divergence_threshold": 2.0}, [1.0, 0.9, 2.5], 2, "divergence_threshold=2", id="divergence"
+        ),
         pytest.param({}, [1.0, NAN], 1, "eval_loss is nan", id="nan"),
         pytest.param({}, [1.0, INF], 1, "eval_loss is inf", id="inf"),
         pytest.param({"check_finite": False}, [1.0, NAN, NAN, NAN], 3, "did not improve", id="nan-unchecked"),
@@ -91,7 +101,8 @@ def test_scripted_sequences(
 
 
 @pytest.mark.parametrize(
-    ("values", "stop_at"), [([0.5, 0.6, 0.55, 0.58, 0.59], 4), ([0.5, 0.4, 0.3, 0.2], 3), ([0.1, 0.2, 0.3], None)]
+    ("values", "stop_at"),
+    [([0.5, 0.6, 0.55, 0.58, 0.59], 4), ([0.5, 0.4, 0.3, 0.2], 3), ([0.1, 0.2, 0.3], None)],
 )
 def test_max_mode(tmp_path: Path, values: list[float], stop_at: int | None) -> None:
     callback = EarlyStopping(metric="accuracy", mode="max")
@@ -122,7 +133,9 @@ def test_other_eval_datasets_are_ignored(tmp_path: Path) -> None:
     callback.on_train_begin(args, state, control)
     for step, value in enumerate([1.0, 2.0], start=1):
         state.global_step = step
-        callback.on_evaluate(args, state, control, metrics={"eval_train_loss": 0.0, "eval_train_runtime": 0.1})
+        callback.on_evaluate(
+            args, state, control, metrics={"eval_train_loss": 0.0, "eval_train_runtime": 0.1}
+        )
         callback.on_evaluate(args, state, control, metrics={"eval_val_loss": value, "eval_val_runtime": 0.1})
     assert control.should_training_stop
     assert callback.best == 1.0

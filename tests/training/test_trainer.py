@@ -37,7 +37,9 @@ class GradRecorder(TrainerCallback):
         self.norm: dict[int, float] = {}
         self.peak: dict[int, float] = {}
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def on_pre_optimizer_step(
+        self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any
+    ) -> None:
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         step = state.global_step + 1
         self.norm[step] = torch.nn.utils.get_total_norm(grads).item()
@@ -49,7 +51,11 @@ def _train_logs(trainer: Trainer) -> list[dict[str, Any]]:
 
 
 def _hf_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name.startswith("hf_enhance")]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name.startswith("hf_enhance")
+    ]
 
 
 def test_no_eval_dataset_trains_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -64,7 +70,9 @@ def test_no_eval_dataset_trains_with_one_warning(tmp_path: Path, caplog: pytest.
     assert "no eval_dataset was passed" in warning
     assert trainer.state.global_step == 12
     assert not any("eval_loss" in log for log in trainer.state.log_history)
-    assert args.eval_strategy == "epoch" and args.load_best_model_at_end  # the caller's arguments are untouched
+    assert (
+        args.eval_strategy == "epoch" and args.load_best_model_at_end
+    )  # the caller's arguments are untouched
 
 
 def test_stops_early_and_ends_with_the_best_checkpoint_weights(tmp_path: Path) -> None:
@@ -77,7 +85,9 @@ def test_stops_early_and_ends_with_the_best_checkpoint_weights(tmp_path: Path) -
         compute_metrics=scripted_metric([0.5, 0.9, 0.7, 0.6, 0.6, 0.95, 0.99, 0.99]),
     )
     trainer.train()
-    assert trainer.state.global_step == 20  # best at epoch 2, three evaluations without gain: stop after epoch 5
+    assert (
+        trainer.state.global_step == 20
+    )  # best at epoch 2, three evaluations without gain: stop after epoch 5
     assert "best 0.9 (step 8)" in trainer.stop_reason
     assert sorted(p.name for p in Path(args.output_dir).iterdir()) == ["checkpoint-20", "checkpoint-8"]
     final = {k: v.detach() for k, v in trainer.model.state_dict().items()}
@@ -113,7 +123,10 @@ def test_nonfinite_loss_stops_at_that_step(tmp_path: Path) -> None:
 def test_resumed_run_keeps_counting(tmp_path: Path, restore_flag: bool) -> None:
     scores = [0.5, 0.9, 0.8, 0.7, 0.6, 0.6, 0.6, 0.6]
     args = make_args(
-        tmp_path, num_train_epochs=8, metric_for_best_model="score", restore_callback_states_from_checkpoint=restore_flag
+        tmp_path,
+        num_train_epochs=8,
+        metric_for_best_model="score",
+        restore_callback_states_from_checkpoint=restore_flag,
     )
     data, eval_data = regression_data(), regression_data(16)
     first = EnhancedTrainer(
@@ -125,7 +138,9 @@ def test_resumed_run_keeps_counting(tmp_path: Path, restore_flag: bool) -> None:
         callbacks=[StopAfterSave(16)],
     )
     first.train()
-    assert first.state.global_step == 16 and first.stop_reason is None  # interrupted, two evaluations without gain
+    assert (
+        first.state.global_step == 16 and first.stop_reason is None
+    )  # interrupted, two evaluations without gain
 
     second = EnhancedTrainer(
         model=TinyRegressor(),
@@ -144,7 +159,11 @@ def test_adaptive_clip_statistics_resume(tmp_path: Path) -> None:
     args = make_args(tmp_path, grad_clip_mode="autoclip")
     data, eval_data = regression_data(), regression_data(16)
     first = EnhancedTrainer(
-        model=TinyRegressor(), args=args, train_dataset=data, eval_dataset=eval_data, callbacks=[StopAfterSave(8)]
+        model=TinyRegressor(),
+        args=args,
+        train_dataset=data,
+        eval_dataset=eval_data,
+        callbacks=[StopAfterSave(8)],
     )
     first.train()
     second = EnhancedTrainer(model=TinyRegressor(), args=args, train_dataset=data, eval_dataset=eval_data)
@@ -214,7 +233,10 @@ def test_plain_training_arguments_behave_like_trainer(tmp_path: Path) -> None:
         trainer = trainer_cls(model=TinyRegressor(), args=args, train_dataset=regression_data())
         assert not any(isinstance(cb, EarlyStopping) for cb in trainer.callback_handler.callbacks)
         trainer.train()
-        return [{k: v for k, v in log.items() if k in ("loss", "grad_norm", "step")} for log in _train_logs(trainer)]
+        return [
+            {k: v for k, v in log.items() if k in ("loss", "grad_norm", "step")}
+            for log in _train_logs(trainer)
+        ]
 
     assert run(EnhancedTrainer, "enhanced") == run(Trainer, "plain")
 
@@ -259,5 +281,7 @@ def test_missing_metric_fails_at_first_evaluation(tmp_path: Path) -> None:
         train_dataset=regression_data(),
         eval_dataset=regression_data(16),
     )
-    with pytest.raises(ValueError, match=r"'eval_accuracy', which is not in the evaluation metrics. Available: \["):
+    with pytest.raises(
+        ValueError, match=r"'eval_accuracy', which is not in the evaluation metrics. Available: \["
+    ):
         trainer.train()

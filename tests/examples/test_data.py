@@ -1,0 +1,50 @@
+"""The shared GLUE-style loader: real CoLA/SST-2 files, subsets, and clear errors on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from data import load_sentence_classification, tokenize
+from transformers import AutoTokenizer
+
+
+def test_cola_and_sst2_load_with_their_published_sizes(data_dir: Path) -> None:
+    cola = load_sentence_classification("cola", data_dir)
+    assert (len(cola["train"]), len(cola["validation"])) == (8551, 527)
+    assert sum(cola["train"]["label"]) == 6023  # acceptable sentences (SOURCES.md: 2528 / 6023)
+    assert cola["train"][0]["sentence"].startswith("Our friends won't buy this analysis")
+    sst2 = load_sentence_classification("sst2", data_dir)
+    assert (len(sst2["train"]), len(sst2["validation"])) == (60614, 872)
+    assert sst2["validation"].features["label"].names == ["negative", "positive"]
+
+
+def test_subsets_are_seeded_random_samples(data_dir: Path) -> None:
+    first = load_sentence_classification("cola", data_dir, max_train_samples=50, max_eval_samples=20, seed=1)
+    again = load_sentence_classification("cola", data_dir, max_train_samples=50, max_eval_samples=20, seed=1)
+    other = load_sentence_classification("cola", data_dir, max_train_samples=50, seed=2)
+    assert (len(first["train"]), len(first["validation"])) == (50, 20)
+    assert first["train"]["sentence"] == again["train"]["sentence"]
+    assert first["train"]["sentence"] != other["train"]["sentence"]
+
+
+def test_tokenize_keeps_labels_and_truncates(tiny_model_dir: Path, data_dir: Path) -> None:
+    data = load_sentence_classification("sst2", data_dir, max_train_samples=8, max_eval_samples=8)
+    tokenized = tokenize(data, AutoTokenizer.from_pretrained(tiny_model_dir), max_length=6)
+    assert "sentence" not in tokenized["train"].column_names
+    assert tokenized["train"]["label"] == data["train"]["label"]
+    assert max(len(ids) for ids in tokenized["validation"]["input_ids"]) == 6
+
+
+def test_bad_task_missing_files_and_malformed_rows_are_reported(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Valid tasks: cola, sst2"):
+        load_sentence_classification("mnli", tmp_path)
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        load_sentence_classification("cola", tmp_path)
+    with pytest.raises(ValueError, match="max_train_samples must be a positive"):
+        load_sentence_classification("cola", tmp_path, max_train_samples=0)
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / "train.tsv").write_text("sentence\tlabel\ngood film\t1\nbad film\tpositive\n")
+    (tmp_path / "sst2" / "test.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    with pytest.raises(ValueError, match="line 3"):
+        load_sentence_classification("sst2", tmp_path)

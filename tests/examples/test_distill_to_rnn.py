@@ -1,0 +1,70 @@
+"""examples/distill_to_rnn.py end to end: teacher fine-tune, cached logits, distilled and baseline GRUs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from distill_to_rnn import main
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from hf_enhance import CachedTeacher, DistillationTrainer, GRUClassifier
+from tests.examples.conftest import common_flags, requires_minilm
+
+
+def test_fine_tunes_teacher_then_distils_into_a_gru(
+    tmp_path: Path, data_dir: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "teacher"
+    runs = main(
+        ["--teacher_base", str(tiny_model_dir), "--teacher_epochs", "1", "--save_teacher", str(saved),
+         "--task", "sst2", "--num_train_epochs", "2", "--embedding_dim", "16", "--hidden_size", "8",
+         "--compare_baseline", "--alpha", "0.7", "--temperature", "3", *common_flags(tmp_path, data_dir)]
+    )  # fmt: skip
+    assert set(runs) == {"teacher", "distilled", "baseline"}
+    distilled, baseline = runs["distilled"].trainer, runs["baseline"].trainer
+    assert isinstance(distilled, DistillationTrainer)
+    assert isinstance(distilled.teacher_model, CachedTeacher)
+    assert (distilled.args.alpha, distilled.args.temperature) == (0.7, 3.0)
+    assert not isinstance(baseline, DistillationTrainer)
+    for trainer in (distilled, baseline):
+        assert isinstance(trainer.model, GRUClassifier)
+        assert trainer.model.embeddings.embedding_dim == 16
+    # The distilled GRU logged its distillation term; both were evaluated with accuracy and MCC.
+    assert any("kd_loss" in log for log in distilled.state.log_history)
+    assert all({"eval_accuracy", "eval_mcc"} <= runs[name].metrics.keys() for name in runs)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(saved)
+    assert AutoTokenizer.from_pretrained(saved)("a film")["input_ids"]
+    torch.testing.assert_close(reloaded.classifier.weight, runs["teacher"].trainer.model.classifier.weight)
+    printed = capsys.readouterr().out
+    assert "GRU distilled" in printed and "GRU on labels alone" in printed
+
+
+def test_reuses_a_saved_teacher_and_random_embeddings(
+    tmp_path: Path, data_dir: Path, tiny_model_dir: Path
+) -> None:
+    runs = main(
+        ["--teacher", str(tiny_model_dir), "--task", "cola", "--max_steps", "2", "--hidden_size", "8",
+         "--no_init_embeddings", "--pooling", "last", "--no_bidirectional", *common_flags(tmp_path, data_dir)]
+    )  # fmt: skip
+    assert set(runs) == {"distilled"}
+    student = runs["distilled"].trainer.model
+    assert not student.gru.bidirectional and student.pooling == "last"
+    teacher_table = runs[
+        "distilled"
+    ].trainer.teacher_model  # the cache: the teacher's weights were not copied
+    assert isinstance(teacher_table, CachedTeacher)
+    pretrained = AutoModel.from_pretrained(tiny_model_dir).get_input_embeddings().weight
+    assert not torch.allclose(student.embeddings.weight[1:, :], pretrained[1:, :], atol=1e-2)
+
+
+@requires_minilm
+@pytest.mark.slow
+def test_default_teacher_is_the_offline_minilm(tmp_path: Path, data_dir: Path) -> None:
+    runs = main(
+        ["--teacher_epochs", "1", "--num_train_epochs", "1", "--embedding_dim", "32", "--hidden_size", "16",
+         *common_flags(tmp_path, data_dir)]
+    )  # fmt: skip
+    assert type(runs["teacher"].trainer.model).__name__ == "BertForSequenceClassification"
+    assert runs["distilled"].total_params < runs["teacher"].total_params
