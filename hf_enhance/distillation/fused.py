@@ -25,7 +25,7 @@ from hf_enhance.distillation.losses import (
     distillation_loss,
 )
 
-DEFAULT_CHUNK_SIZE = 256
+DEFAULT_CHUNK_SIZE = 128
 """Tokens per chunk; chosen from benchmarks/results/kd_loss_memory.md (N=2048, V=49152, H=576 on CPU)."""
 
 

@@ -3,7 +3,7 @@
 from hf_enhance.params.counting import METHODS, count_parameters
 from hf_enhance.params.memory import MEMORY_SETUPS, MemoryEstimate, estimate_memory
 from hf_enhance.params.result import ParameterCount
-from hf_enhance.params.zoo import MODEL_ZOO, ZooModel, zoo_config
+from hf_enhance.params.zoo import MODEL_ZOO, ZooModel, worked_example, zoo_config
 
 __all__ = [
     "MEMORY_SETUPS",
@@ -14,5 +14,6 @@ __all__ = [
     "ZooModel",
     "count_parameters",
     "estimate_memory",
+    "worked_example",
     "zoo_config",
 ]

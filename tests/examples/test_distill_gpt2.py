@@ -5,16 +5,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
 
-from tests.examples.tiny_lm import PROMPTS, save_tiny_teacher, tiny_flags, write_text_files
+from tests.examples.tiny_lm import PROMPTS, save_tiny_teacher, tiny_flags, write_text_files  # isort: split
 
-distill_gpt2 = pytest.importorskip("distill_gpt2")
-lm_utils = pytest.importorskip("lm_utils")
+import distill_gpt2
+import lm_utils
 
 
 @pytest.fixture(scope="module")
@@ -173,12 +177,17 @@ def test_bad_data_is_reported_with_the_fix(teacher_dir: Path, tmp_path: Path) ->
         )
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"body": "The sea was calm."}\n' * 50)
-    with pytest.raises(ValueError, match="no column 'text'.*--text_column"):
+    with pytest.raises(ValueError, match=r"no column 'text'.*--text_column"):
         distill_gpt2.main(tiny_flags(teacher_dir, tmp_path / "b", cache, train_file=rows))
     short = tmp_path / "short.txt"
     short.write_text("The sea.\n")
-    with pytest.raises(ValueError, match="no block of 16 tokens"):
+    with pytest.raises(ValueError, match=r"1 row.*Pass --eval_file"):
         distill_gpt2.main(tiny_flags(teacher_dir, tmp_path / "c", cache, train_file=short))
+    _, eval_file = write_text_files(tmp_path)
+    with pytest.raises(ValueError, match="no block of 16 tokens"):
+        distill_gpt2.main(
+            tiny_flags(teacher_dir, tmp_path / "d", cache, train_file=short, eval_file=eval_file)
+        )
 
 
 def test_missing_embedded_teacher_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,3 +224,56 @@ def test_embedded_smollm2_teacher_distils_into_a_gpt2_over_its_vocabulary(tmp_pa
     assert student.config.vocab_size == 49152
     ppl = results["perplexity"]
     assert results["teacher"]["perplexity"] < ppl["distilled"] < ppl["before"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the CPU (gloo) process group of a GPU-less launch"
+)
+def test_two_processes_train_the_same_student_as_one_on_the_same_global_batch(
+    teacher_dir: Path, tmp_path: Path
+) -> None:
+    """`accelerate launch --multi_gpu --num_processes 2` with no accelerate config on a machine without GPUs.
+
+    The script joins both processes in one gloo group (use_cpu is switched on for it); rank 0 samples and caches
+    the teacher text while rank 1 waits and reads it. 2 x 2 blocks per step must give the same student as one
+    process with 4 blocks per step; the perplexities are gathered over both processes exactly.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    cache_dir, prompts = tmp_path / "cache", write_prompts(tmp_path)
+    common = {"prompts_file": prompts, "max_train_samples": 12, "max_steps": 5, "use_cpu": None}
+    two = tmp_path / "two"
+    env = {
+        **os.environ,
+        "HF_HOME": str(tmp_path / "hf_home"),  # no accelerate default_config.yaml: the launcher's defaults
+        "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    flags = tiny_flags(
+        teacher_dir, two, cache_dir, per_device_train_batch_size=2, per_device_eval_batch_size=3, **common
+    )
+    done = subprocess.run(
+        [*command, str(repo / "examples" / "distill_gpt2.py"), *flags],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Teacher:") == 1  # one report: the processes ran as one job
+    parallel = json.loads((two / "results.json").read_text())
+    assert parallel["global_batch"] == 4
+
+    single = distill_gpt2.main(tiny_flags(teacher_dir, tmp_path / "one", cache_dir, **common))
+    assert single["global_batch"] == 4
+    for name in ("before", "distilled", "ce_only"):
+        assert parallel["perplexity"][name] == pytest.approx(single["perplexity"][name], rel=1e-5)
+    for run, history in single["log_history"].items():
+        losses = [log["loss"] for log in history if "loss" in log]
+        assert [log["loss"] for log in parallel["log_history"][run] if "loss" in log] == pytest.approx(
+            losses, rel=1e-5
+        )
+    weights = load_file(str(tmp_path / "one" / "model.safetensors"))
+    for name, tensor in load_file(str(two / "model.safetensors")).items():
+        torch.testing.assert_close(tensor, weights[name], rtol=1e-5, atol=1e-5, msg=name)
