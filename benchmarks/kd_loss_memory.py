@@ -5,17 +5,19 @@
 naive = materialise ``hidden @ W.T`` for student and teacher, then `distillation_loss` and autograd;
 fused = `fused_distillation_loss` on the hidden states and head weights (chunked over tokens).
 
-Memory: each (size, method) runs in a fresh Python subprocess. Peak memory is the process's resident-set
-high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) during one forward + backward, minus the
-resident size just before it. The inputs and weights are excluded; everything the objective allocates (logits,
-temporaries, the gradients it returns) is included. In that subprocess glibc's mmap threshold is pinned at 64 KiB,
-so every tensor larger than that is mapped on allocation and unmapped on free: the high-water mark then follows
-the live tensors, not the allocator's caching policy (which otherwise keeps freed blocks under 32 MiB resident).
-Only a tiny warm-up call runs before the measured one. torch.profiler and tracemalloc are not used: tracemalloc
-does not see torch's allocations, and the profiler's per-op accounting misses allocator overheads.
-Time: one subprocess per size runs a tiny warm-up per method, then ``repeats`` rounds at full size with the
-methods interleaved (so the load of a shared machine falls on all of them alike); the best round is reported
-(the first one doubles as the full-size warm-up: first touches of fresh memory make it slower).
+Memory: each (size, method) runs in a fresh process, forked from a parent that has imported torch but never run
+an op. Peak memory is that process's resident-set high-water mark (``VmHWM``, reset through
+``/proc/self/clear_refs``) during one forward + backward, minus the resident size just before it. The inputs and
+weights are excluded; everything the objective allocates (logits, temporaries, the gradients it returns) is
+included. The process pins glibc's mmap threshold at 64 KiB (``mallopt``), so every tensor larger than that is
+mapped on allocation and unmapped on free: the high-water mark then follows the live tensors, not the allocator's
+caching policy (which otherwise keeps freed blocks under 32 MiB resident). Only a tiny warm-up call runs before
+the measured one. torch.profiler and tracemalloc are not used: tracemalloc does not see torch's allocations, and
+the profiler's per-op accounting misses allocator overheads.
+Time: one fresh process per size runs a tiny warm-up per method, then ``repeats`` rounds at full size with the
+methods interleaved (so the load of a shared machine falls on all of them alike); the best round is reported for
+wall-clock and for process CPU time (the first round doubles as the full-size warm-up: first touches of fresh
+memory make it slower).
 Errors are relative to naive: |Δloss| / |loss| and max |Δgrad| / max |grad| for the student hidden states and
 head weight.
 """
@@ -25,13 +27,15 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import multiprocessing
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -41,6 +45,7 @@ from hf_enhance import distillation_loss, fused_distillation_loss
 from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
 
 COMMAND = "python benchmarks/kd_loss_memory.py"
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 
 
 @dataclass
@@ -51,8 +56,14 @@ class BenchmarkArguments:
     )
     hidden_size: int = field(default=576, metadata={"help": "Hidden size H of student and teacher heads."})
     chunk_sizes: list[int] = field(
-        default_factory=lambda: [64, 128, 256, 512],
-        metadata={"help": "Chunk sizes swept at the largest N x V (the others use the default chunk size)."},
+        default_factory=lambda: [128, 256, 512, 1024],
+        metadata={
+            "help": "Chunk sizes swept at the `sweep` sizes (the other sizes use the default chunk size)."
+        },
+    )
+    sweep: list[str] = field(
+        default_factory=lambda: ["2048x8192", "2048x49152"],
+        metadata={"help": "Sizes (N x V) at which every chunk size is measured."},
     )
     kind: str = field(default="forward_kl", metadata={"help": "Divergence: forward_kl, reverse_kl or jsd."})
     repeats: int = field(
@@ -62,7 +73,6 @@ class BenchmarkArguments:
         default="benchmarks/results/kd_loss_memory",
         metadata={"help": "Results path without suffix: writes .json and .md."},
     )
-    worker: str | None = field(default=None, metadata={"help": "Internal: one measurement, as JSON."})
 
 
 def make_inputs(n: int, v: int, h: int) -> dict[str, torch.Tensor]:
@@ -109,87 +119,105 @@ def _warm_up(methods: list[tuple[str, int]], kind: str) -> None:
 
 
 def memory_worker(config: dict) -> dict:
-    """Peak memory of one forward + backward in this fresh process; saves loss and gradients for the errors."""
+    """Peak memory of one forward + backward in this fresh process; errors against the saved naive result."""
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)  # every tensor > 64 KiB is mmapped, and unmapped when freed
     _warm_up([(config["method"], 0)], config["kind"])
     inputs = make_inputs(config["n"], config["v"], config["h"])
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand free heap pages back, so reuse cannot hide a peak
+    libc.malloc_trim(0)  # hand free heap pages back, so reuse cannot hide part of a peak
     before = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
     loss = step(config["method"], inputs, config["kind"], config["chunk_size"])
     peak = _status_kib("VmHWM")
-    grads = {"grad_hidden": inputs["student_hidden"].grad, "grad_weight": inputs["student_head_weight"].grad}
-    torch.save({"loss": loss, **grads}, config["save"])
-    return {"peak_mib": (peak - before) / 1024}
+    result = {"loss": loss, "grad_hidden": inputs["student_hidden"].grad}
+    result["grad_weight"] = inputs["student_head_weight"].grad
+    if config["method"] == "naive":
+        torch.save(result, config["naive_path"])
+        return {"peak_mib": (peak - before) / 1024}
+    naive = torch.load(config["naive_path"])
+    errors = {"loss": ((loss - naive["loss"]).abs() / naive["loss"].abs()).item()}
+    for name in ("grad_hidden", "grad_weight"):
+        errors[name] = ((result[name] - naive[name]).abs().max() / naive[name].abs().max()).item()
+    return {"peak_mib": (peak - before) / 1024, "error": errors}
 
 
 def time_worker(config: dict) -> dict:
     """Best-of-`repeats` time per method, the methods interleaved round by round so load hits all alike."""
-    methods = [tuple(m) for m in config["methods"]]
+    methods = config["methods"]
     _warm_up(methods, config["kind"])
     inputs = make_inputs(config["n"], config["v"], config["h"])
-    times: dict[str, list[float]] = {f"{m}:{c}": [] for m, c in methods}
+    times: dict[str, dict[str, list[float]]] = {f"{m}:{c}": {"wall": [], "cpu": []} for m, c in methods}
     for _ in range(config["repeats"]):
         for method, chunk in methods:
             inputs["student_hidden"].grad = inputs["student_head_weight"].grad = None
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             step(method, inputs, config["kind"], chunk)
-            times[f"{method}:{chunk}"].append(time.perf_counter() - start)
+            times[f"{method}:{chunk}"]["wall"].append(time.perf_counter() - wall)
+            times[f"{method}:{chunk}"]["cpu"].append(time.process_time() - cpu)
     return times
 
 
-def in_subprocess(config: dict) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    if config["job"] == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = str(64 * 1024)
-    result = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(config)],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _child(worker: Callable[[dict], dict], config: dict, pipe: Connection) -> None:
+    try:
+        pipe.send(("ok", worker(config)))
+    except BaseException:
+        pipe.send(("error", traceback.format_exc()))
 
 
-def relative_errors(naive_path: str, fused_path: str) -> dict[str, float]:
-    naive, fused = torch.load(naive_path), torch.load(fused_path)
-    errors = {"loss": ((fused["loss"] - naive["loss"]).abs() / naive["loss"].abs()).item()}
-    for name in ("grad_hidden", "grad_weight"):
-        errors[name] = ((fused[name] - naive[name]).abs().max() / naive[name].abs().max()).item()
-    return errors
+def in_fresh_process(worker: Callable[[dict], dict], config: dict) -> dict:
+    """Run ``worker(config)`` in a forked child: fresh memory and thread pools, without re-importing torch.
+
+    The parent only imports; it never runs torch ops, so forking it is safe (no OpenMP pool to inherit).
+    """
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(worker, config, sender))
+    process.start()
+    sender.close()
+    try:
+        status, result = receiver.recv()
+    except EOFError:
+        status, result = "error", "the child died without a result"
+    process.join()
+    if status != "ok":
+        raise RuntimeError(f"{worker.__name__}({config}) failed in its process:\n{result}")
+    return result
 
 
 def run(args: BenchmarkArguments) -> list[dict]:
     pairs = [tuple(int(x) for x in size.split("x")) for size in args.sizes]
-    largest = max(pairs, key=lambda p: p[0] * p[1])
+    sweep = {tuple(int(x) for x in size.split("x")) for size in args.sweep}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, v in pairs:
             base = {"n": n, "v": v, "h": args.hidden_size, "kind": args.kind}
-            chunks = args.chunk_sizes if (n, v) == largest else [DEFAULT_CHUNK_SIZE]
+            chunks = args.chunk_sizes if (n, v) in sweep else [DEFAULT_CHUNK_SIZE]
             methods = [("naive", 0)] + [("fused", chunk) for chunk in chunks]
-            times = in_subprocess({**base, "job": "time", "methods": methods, "repeats": args.repeats})
+            times = in_fresh_process(time_worker, {**base, "methods": methods, "repeats": args.repeats})
             naive = None
             for method, chunk in methods:
-                path = f"{tmp}/{method}.pt"
-                memory = in_subprocess(
-                    {**base, "job": "memory", "method": method, "chunk_size": chunk, "save": path}
+                memory = in_fresh_process(
+                    memory_worker,
+                    {**base, "method": method, "chunk_size": chunk, "naive_path": f"{tmp}/naive.pt"},
                 )
                 row = {
                     **base,
                     "method": method,
                     "chunk_size": chunk or None,
                     "peak_mib": memory["peak_mib"],
-                    "times_s": times[f"{method}:{chunk}"],
-                    "time_s": min(times[f"{method}:{chunk}"]),
+                    "wall_times_s": times[f"{method}:{chunk}"]["wall"],
+                    "cpu_times_s": times[f"{method}:{chunk}"]["cpu"],
+                    "time_s": min(times[f"{method}:{chunk}"]["wall"]),
+                    "cpu_s": min(times[f"{method}:{chunk}"]["cpu"]),
                 }
                 if naive is None:
                     naive = row
                 else:
                     row["memory_ratio"] = row["peak_mib"] / naive["peak_mib"]
                     row["time_ratio"] = row["time_s"] / naive["time_s"]
-                    row["error"] = relative_errors(f"{tmp}/naive.pt", path)
+                    row["cpu_ratio"] = row["cpu_s"] / naive["cpu_s"]
+                    row["error"] = memory["error"]
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
@@ -206,56 +234,49 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float) ->
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in asdict(args).items() if k != "worker"}
-    payload = {"command": COMMAND, "settings": settings, "environment": environment, "results": rows}
+    payload = {"command": COMMAND, "settings": asdict(args), "environment": environment, "results": rows}
     output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# Fused vs naive distillation objective (forward + backward, CPU)",
         "",
-        f"Reproduce: `{COMMAND}` (about {seconds / 60:.0f} min here).",
+        f"Reproduce: `{COMMAND}` (took {seconds / 60:.1f} min here).",
         "",
         f"H = {args.hidden_size}, kind = {args.kind}, alpha = 0.5, T = 2, 10% of positions masked, float32. "
         f"torch {environment['torch']}, {environment['threads']} threads on a shared {environment['cpu_count']}-core "
         "CPU. Peak = resident-set high-water mark during one forward + backward minus the resident size before it "
-        "(inputs and weights excluded), each (size, method) in a fresh subprocess with glibc's mmap threshold pinned "
+        "(inputs and weights excluded), each (size, method) in a fresh process with glibc's mmap threshold pinned "
         "at 64 KiB (so resident memory follows the live tensors) after a tiny warm-up. "
-        f"Time = best of {args.repeats} rounds at full size, methods interleaved in one process, after a tiny "
-        "warm-up (the first round doubles as the full-size warm-up). "
-        "Errors relative to naive (|Δloss|/|loss|, max|Δgrad|/max|grad|).",
+        f"Wall and CPU (process) time = best of {args.repeats} rounds at full size, methods interleaved in one "
+        "process, after a tiny warm-up (the first round doubles as the full-size warm-up); the CPU time is the "
+        "steadier of the two on a machine shared with other jobs. Errors relative to naive (|Δloss|/|loss|, "
+        f"max|Δgrad|/max|grad|). Default chunk size: {DEFAULT_CHUNK_SIZE} (marked *).",
         "",
-        "| N | V | method | chunk | [N,V] fp32 MiB | peak MiB | memory ratio | time s | time ratio "
+        "| N | V | method | chunk | peak MiB | memory ratio | wall s | wall ratio | CPU s | CPU ratio "
         "| loss err | grad h err | grad W err |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        error = row.get("error", {})
-        lines.append(
-            "| {n} | {v} | {method} | {chunk} | {logits:.0f} | {peak:.0f} | {mem} | {time:.2f} | {tr} | {le} | {gh} "
-            "| {gw} |".format(
-                n=row["n"],
-                v=row["v"],
-                method=row["method"],
-                chunk=row["chunk_size"] or "-",
-                logits=row["n"] * row["v"] * 4 / 2**20,
-                peak=row["peak_mib"],
-                mem=f"{row['memory_ratio']:.3f}" if "memory_ratio" in row else "1",
-                time=row["time_s"],
-                tr=f"{row['time_ratio']:.2f}" if "time_ratio" in row else "1",
-                le=f"{error['loss']:.1e}" if error else "-",
-                gh=f"{error['grad_hidden']:.1e}" if error else "-",
-                gw=f"{error['grad_weight']:.1e}" if error else "-",
-            )
-        )
+        error = row.get("error")
+        chunk = row["chunk_size"]
+        cells = [
+            row["n"],
+            row["v"],
+            row["method"],
+            "-" if chunk is None else f"{chunk}{'*' if chunk == DEFAULT_CHUNK_SIZE else ''}",
+            f"{row['peak_mib']:.0f}",
+            f"{row.get('memory_ratio', 1):.3f}",
+            f"{row['time_s']:.2f}",
+            f"{row.get('time_ratio', 1):.2f}",
+            f"{row['cpu_s']:.2f}",
+            f"{row.get('cpu_ratio', 1):.2f}",
+            *(f"{error[k]:.1e}" if error else "-" for k in ("loss", "grad_hidden", "grad_weight")),
+        ]
+        lines.append("| " + " | ".join(str(cell) for cell in cells) + " |")
     output.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
-    if args.worker is not None:
-        config = json.loads(args.worker)
-        worker = memory_worker if config["job"] == "memory" else time_worker
-        print(json.dumps(worker(config)))
-        return
     start = time.perf_counter()
     rows = run(args)
     write_results(args, rows, time.perf_counter() - start)

@@ -13,6 +13,7 @@ result is a `DatasetDict` with ``train`` and ``validation`` splits and columns `
 from __future__ import annotations
 
 import csv
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,3 +124,42 @@ def tokenize(data: DatasetDict, tokenizer: PreTrainedTokenizerBase, max_length: 
         remove_columns=["sentence"],
         desc="Tokenizing",
     )
+
+
+def perturbed_sentences(
+    sentences: list[str],
+    copies: int,
+    mask_token: str,
+    *,
+    p_mask: float = 0.1,
+    p_swap: float = 0.1,
+    p_ngram: float = 0.25,
+    seed: int = 0,
+) -> list[str]:
+    """``copies`` randomly perturbed versions of each sentence: unlabelled text for a teacher to label.
+
+    The transfer-set augmentation of Tang et al. (2019, "Distilling Task-Specific Knowledge from BERT into
+    Simple Neural Networks"), on words: each word is replaced by ``mask_token`` with probability ``p_mask`` or
+    swapped with its neighbour with probability ``p_swap``; with probability ``p_ngram`` only a random n-gram
+    (n = 1..5) of the result is kept. The teacher's outputs on such near-miss sentences show the student how the
+    label reacts to small changes, which the original sentences alone do not.
+    """
+    for name, value in (("p_mask", p_mask), ("p_swap", p_swap), ("p_ngram", p_ngram)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} is a probability and must be in [0, 1], got {value}.")
+    if copies < 0:
+        raise ValueError(f"copies must be >= 0, got {copies}.")
+    rng = random.Random(seed)
+    augmented = []
+    for _ in range(copies):
+        for sentence in sentences:
+            words = [mask_token if rng.random() < p_mask else word for word in sentence.split()]
+            for index in range(len(words) - 1):
+                if rng.random() < p_swap:
+                    words[index], words[index + 1] = words[index + 1], words[index]
+            if words and rng.random() < p_ngram:
+                size = rng.randint(1, min(5, len(words)))
+                start = rng.randint(0, len(words) - size)
+                words = words[start : start + size]
+            augmented.append(" ".join(words) or mask_token)
+    return augmented

