@@ -103,7 +103,11 @@ QUICK = {"max_train_samples": 1000, "teacher_epochs": 2.0, "lora_epochs": 2.0, "
 def training_args(
     bench: BenchmarkArguments, task: str, method: str, **overrides: Any
 ) -> DistillationTrainingArguments:
-    """`EnhancedTrainingArguments` defaults (early stopping, clipping, best epoch) plus this benchmark's settings."""
+    """`EnhancedTrainingArguments` defaults (early stopping, clipping, best epoch) plus this benchmark's settings.
+
+    The best epoch and early stopping follow validation accuracy, the table's metric (as GLUE dev-set results are
+    usually reported): every trained row gets the same, slightly optimistic, selection.
+    """
     settings: dict[str, Any] = {
         "output_dir": os.path.join(bench.workdir, task, method),
         "per_device_train_batch_size": bench.batch_size,
@@ -115,6 +119,7 @@ def training_args(
         "disable_tqdm": True,
         "seed": bench.seed,
         "use_cpu": not torch.cuda.is_available(),
+        "metric_for_best_model": "accuracy",
     }
     settings.update(overrides)
     return DistillationTrainingArguments(**settings)

@@ -162,10 +162,15 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _accelerator_available():
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if not self.use_cpu and world_size > 1 and not _accelerator_available():
             # `accelerate launch --multi_gpu` on a machine without GPUs: without use_cpu every process would run
             # the whole job on its own (and write the same files); with it they form one gloo process group.
             self.use_cpu = True
+            logger.warning(
+                "%d processes and no GPU: training data-parallel on CPU (gloo); FSDP and DeepSpeed need GPUs.",
+                world_size,
+            )
         if self.use_cpu or not _accelerator_available():
             self.dataloader_pin_memory = False
         super().__post_init__()

@@ -9,6 +9,11 @@ initialised from the teacher's (``--no_init_embeddings`` for random ones). The t
 (`hf_enhance.CachedTeacher`), so each distillation epoch costs only the GRU's forward and backward. The student
 trains with `DistillationTrainer`: ``--alpha``, ``--temperature``, ``--distillation_loss`` and every
 `EnhancedTrainingArguments` flag apply to it. ``--compare_baseline`` also trains the same GRU on the labels alone.
+
+``--augment_copies N`` adds N perturbed copies of each training sentence (masked and swapped words, n-gram
+fragments; Tang et al. 2019) to the distillation data, labelled by the teacher alone: the teacher's logits are the
+distillation target and its prediction is the label of the cross-entropy term. Unlabelled text is what a teacher
+adds that labels cannot, so this is where distillation pays most on small labelled sets.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+import torch
 from classification import Run, compute_metrics, default_model_path, fit
-from data import TASKS, load_sentence_classification, tokenize
-from datasets import DatasetDict
+from data import TASKS, load_sentence_classification, perturbed_sentences, tokenize
+from datasets import Dataset, DatasetDict, concatenate_datasets
 from torch import nn
 from transformers import (
     AutoModelForSequenceClassification,
@@ -88,6 +94,12 @@ class DistillScriptArguments:
     compare_baseline: bool = field(
         default=False, metadata={"help": "Also train the same GRU without the teacher."}
     )
+    augment_copies: int = field(
+        default=0,
+        metadata={
+            "help": "Teacher-labelled perturbed copies of each training sentence to distil on (0: none)."
+        },
+    )
 
 
 TRAINING_DEFAULTS = {
@@ -120,6 +132,7 @@ def fine_tune_teacher(
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
     return fit(trainer)
@@ -150,6 +163,25 @@ def gru_student(
     )
 
 
+def perturbed_inputs(
+    train: Dataset, tokenizer: PreTrainedTokenizerBase, copies: int, max_length: int, seed: int
+) -> Dataset:
+    """Tokenized, unlabelled perturbed copies of the training sentences (`perturbed_sentences`)."""
+    sentences = perturbed_sentences(train["sentence"], copies, tokenizer.mask_token, seed=seed)
+    return tokenize(
+        DatasetDict({"train": Dataset.from_dict({"sentence": sentences})}), tokenizer, max_length
+    )["train"]
+
+
+def with_teacher_labels(tokenized: DatasetDict, extra: Dataset, teacher: CachedTeacher) -> DatasetDict:
+    """``tokenized`` with ``extra`` rows added to its train split, labelled by the teacher's prediction."""
+    with torch.no_grad():
+        labels = [int(teacher(torch.tensor([ids])).argmax()) for ids in extra["input_ids"]]
+    extra = extra.add_column("label", labels).cast_column("label", tokenized["train"].features["label"])
+    extra = extra.select_columns(tokenized["train"].column_names)
+    return DatasetDict({**tokenized, "train": concatenate_datasets([tokenized["train"], extra])})
+
+
 def train_gru(
     student: GRUClassifier,
     tokenized: DatasetDict,
@@ -164,6 +196,7 @@ def train_gru(
         "train_dataset": tokenized["train"],
         "eval_dataset": tokenized["validation"],
         "data_collator": DataCollatorWithPadding(tokenizer),
+        "processing_class": tokenizer,
         "compute_metrics": compute_metrics,
     }
     trainer = (
@@ -211,13 +244,19 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
         if script_args.save_teacher:
             runs["teacher"].trainer.save_model(script_args.save_teacher)
             tokenizer.save_pretrained(script_args.save_teacher)
-    cached = CachedTeacher.from_model(
-        teacher, [tokenized["train"], tokenized["validation"]], DataCollatorWithPadding(tokenizer)
-    )
+    splits = [tokenized["train"], tokenized["validation"]]
+    if script_args.augment_copies:
+        splits.append(
+            perturbed_inputs(
+                data["train"], tokenizer, script_args.augment_copies, script_args.max_length, args.seed
+            )
+        )
+    cached = CachedTeacher.from_model(teacher, splits, DataCollatorWithPadding(tokenizer))
+    student_data = tokenized if len(splits) == 2 else with_teacher_labels(tokenized, splits[2], cached)
 
     student_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "student"))
     runs["distilled"] = train_gru(
-        gru_student(script_args, teacher, num_labels), tokenized, tokenizer, student_args, cached
+        gru_student(script_args, teacher, num_labels), student_data, tokenizer, student_args, cached
     )
     if script_args.compare_baseline:
         baseline_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "baseline"))

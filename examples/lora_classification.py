@@ -116,6 +116,7 @@ def train_lora(
         train_dataset=tokenized["train"],
         eval_dataset=tokenized["validation"],
         data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
         compute_metrics=compute_metrics,
     )
     return fit(trainer)

@@ -9,6 +9,7 @@ from hf_enhance.distillation.cache import (
     with_teacher_cache,
 )
 from hf_enhance.distillation.cached import CachedTeacher
+from hf_enhance.distillation.data import generate_teacher_texts
 from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.sparse import sparse_distillation_loss
@@ -26,6 +27,7 @@ __all__ = [
     "cache_teacher_logits",
     "distillation_loss",
     "fused_distillation_loss",
+    "generate_teacher_texts",
     "load_teacher_cache",
     "sparse_distillation_loss",
     "with_teacher_cache",

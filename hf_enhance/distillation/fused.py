@@ -124,12 +124,15 @@ class _FusedDistillation(torch.autograd.Function):
         labels: torch.Tensor | None,
         settings: dict[str, Any],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        device = student_hidden.device
-        if labels is None:
-            rows = torch.arange(student_hidden.shape[0], device=device)
-        else:
+        device, full_shape = student_hidden.device, student_hidden.shape
+        rows = None
+        if labels is not None:
+            # Gather the kept rows once; the chunks are then views of these small [tokens, H] tensors.
             rows = (labels != settings["ignore_index"]).nonzero().squeeze(1)
-        num_tokens = rows.numel()
+            student_hidden, teacher_hidden, labels = (
+                t.index_select(0, rows) for t in (student_hidden, teacher_hidden, labels)
+            )
+        num_tokens = student_hidden.shape[0]
         denominator = max(num_tokens, 1)
         grads = None
         if settings["needs_grad"]:
@@ -140,16 +143,21 @@ class _FusedDistillation(torch.autograd.Function):
             )
         scale = torch.tensor(1.0 / denominator, device=device)
         sums = torch.zeros(3, device=device)
+        heads = (student_weight, student_bias, teacher_weight, teacher_bias)
         for start in range(0, num_tokens, settings["chunk_size"]):
+            chunk = slice(start, start + settings["chunk_size"])
             sums += _chunk(
-                rows[start : start + settings["chunk_size"]],
-                (student_hidden, student_weight, student_bias),
-                (teacher_hidden, teacher_weight, teacher_bias),
-                labels,
+                student_hidden[chunk],
+                teacher_hidden[chunk],
+                None if labels is None else labels[chunk],
+                heads,
                 settings,
                 scale,
-                grads,
+                None if grads is None else (grads[0][chunk], *grads[1:]),
             )
+        if grads is not None and rows is not None:
+            grad_hidden = grads[0].new_zeros(full_shape).index_copy_(0, rows, grads[0])
+            grads = (grad_hidden, *grads[1:])
         loss, kd, ce = (total.clone() for total in sums / denominator)
         ctx.grads = grads
         ctx.dtypes = (student_weight.dtype, None if student_bias is None else student_bias.dtype)
@@ -176,23 +184,22 @@ class _FusedDistillation(torch.autograd.Function):
 
 
 def _chunk(
-    rows: torch.Tensor,
-    student: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
-    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
     labels: torch.Tensor | None,
+    heads: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None],
     settings: dict[str, Any],
     scale: torch.Tensor,
     grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None,
 ) -> torch.Tensor:
-    """Sums of loss, KD and CE over one chunk of kept rows; adds the chunk's gradients into ``grads``.
+    """Sums of loss, KD and CE over one chunk of kept rows; writes/adds the chunk's gradients into ``grads``.
 
     A function of its own so that the chunk's ``[rows, V]`` tensors are freed when it returns.
     """
-    student_hidden, student_weight, student_bias = student
-    teacher_hidden, teacher_weight, teacher_bias = teacher
-    hidden = student_hidden.index_select(0, rows)
-    teacher_logits = F.linear(teacher_hidden.index_select(0, rows), teacher_weight, teacher_bias)
-    student_logits = F.linear(hidden, student_weight, student_bias).float()
+    student_weight, student_bias, teacher_weight, teacher_bias = heads
+    rows = student_hidden.shape[0]
+    teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias)
+    student_logits = F.linear(student_hidden, student_weight, student_bias).float()
     with torch.enable_grad():
         student_logits.requires_grad_(grads is not None)
         # The chunk holds kept rows only, so the KD term needs no mask (and no copies of the logits to apply
@@ -207,19 +214,18 @@ def _chunk(
         ce = torch.zeros_like(kd)
         loss = kd
         if labels is not None:
-            ce = F.cross_entropy(student_logits, labels.index_select(0, rows))
+            ce = F.cross_entropy(student_logits, labels)
             loss = settings["alpha"] * kd + (1.0 - settings["alpha"]) * ce
         if grads is not None:
             # d(mean over the chunk)/d(logits) · chunk/N = d(mean over all N kept tokens)/d(logits).
-            (grad_logits,) = torch.autograd.grad(loss, student_logits, scale * rows.numel())
+            (grad_logits,) = torch.autograd.grad(loss, student_logits, scale * rows)
     if grads is not None:
         grad_hidden, grad_weight, grad_bias = grads
-        chunk_grad_hidden = grad_logits.to(student_weight.dtype) @ student_weight
-        grad_hidden.index_copy_(0, rows, chunk_grad_hidden.to(grad_hidden.dtype))
-        grad_weight.addmm_(grad_logits.t(), hidden.float())
+        grad_hidden.copy_(grad_logits.to(student_weight.dtype) @ student_weight)
+        grad_weight.addmm_(grad_logits.t(), student_hidden.float())
         if grad_bias is not None:
             grad_bias += grad_logits.sum(0)
-    return torch.stack([loss.detach(), kd.detach(), ce.detach()]) * rows.numel()
+    return torch.stack([loss.detach(), kd.detach(), ce.detach()]) * rows
 
 
 def _check_inputs(

@@ -303,7 +303,7 @@ class DistillationTrainer(EnhancedTrainer):
         reason = None
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             reason = "FSDP/DeepSpeed shard the LM head, whose full weight the fused loss reads"
-        elif plain_lm_head(model) is None or plain_lm_head(self.teacher_model) is None:
+        elif plain_lm_head(self._student_base(model)) is None or plain_lm_head(self.teacher_model) is None:
             reason = "a model's head is not a plain nn.Linear (adapted, custom) or its config post-processes logits"
         elif not (
             hidden_states_match_logits(model, self._student_base(model), inputs)

@@ -85,7 +85,7 @@ class EnhancedTrainingArguments(TrainingArguments):
     early_stopping_relative: bool = field(
         default=False,
         metadata={
-            "help": "Read early_stopping_min_delta as a fraction of the best value (0.01 = 1% better)."
+            "help": "Read early_stopping_min_delta as a fraction of the best value (0.01 = one percent better)."
         },
     )
     early_stopping_baseline: float | None = field(

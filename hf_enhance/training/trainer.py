@@ -97,7 +97,20 @@ class EnhancedTrainer(Trainer):
         """`Trainer.train`, with fresh adaptive-clipping statistics (restored from the checkpoint on resume)."""
         self._grad_clipper = self.args.grad_clipper() if self._enhanced else None
         self._reset_clip_stats()
+        self._forget_evaluation_prepare()
         return super().train(*args, **kwargs)
+
+    def _forget_evaluation_prepare(self) -> None:
+        """Undo the mark that an `evaluate()` before `train()` leaves on the bare model.
+
+        transformers 5.x prepares the model for evaluation without wrapping it and marks it as prepared; `train()`
+        then skips the DDP/FSDP wrap, so the processes silently train different models. Dropping the mark lets
+        `train()` wrap it as usual.
+        """
+        if getattr(self.model, "_is_accelerate_prepared", False) and self.model is self.model_wrapped:
+            del self.model._is_accelerate_prepared
+            if self.model in self.accelerator._models:
+                self.accelerator._models.remove(self.model)
 
     # ---- clipping: transformers calls `_clip_grad_norm` once per optimizer step when max_grad_norm > 0 ----
     def _clip_grad_norm(self, model: nn.Module) -> Any:

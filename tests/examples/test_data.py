@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from data import load_sentence_classification, tokenize
+from data import load_sentence_classification, perturbed_sentences, tokenize
 from transformers import AutoTokenizer
 
 
@@ -48,3 +48,21 @@ def test_bad_task_missing_files_and_malformed_rows_are_reported(tmp_path: Path) 
     (tmp_path / "sst2" / "test.tsv").write_text("sentence\tlabel\nfine\t1\n")
     with pytest.raises(ValueError, match="line 3"):
         load_sentence_classification("sst2", tmp_path)
+
+
+def test_perturbed_sentences_mask_swap_and_cut_reproducibly() -> None:
+    sentences = ["the cat sat on the mat today", "a dog barked"]
+    assert perturbed_sentences(sentences, 0, "[MASK]") == []
+    unchanged = perturbed_sentences(sentences, 2, "[MASK]", p_mask=0.0, p_swap=0.0, p_ngram=0.0)
+    assert unchanged == sentences * 2
+    masked = perturbed_sentences(sentences, 1, "[MASK]", p_mask=1.0, p_swap=0.0, p_ngram=0.0)
+    assert masked == ["[MASK] " * 6 + "[MASK]", "[MASK] [MASK] [MASK]"]
+    swapped = perturbed_sentences(["a b"], 1, "[MASK]", p_mask=0.0, p_swap=1.0, p_ngram=0.0)
+    assert swapped == ["b a"]
+    cut = perturbed_sentences(sentences, 3, "[MASK]", p_mask=0.0, p_swap=0.0, p_ngram=1.0, seed=1)
+    assert all(1 <= len(s.split()) <= 5 and s in sentences[i % 2] for i, s in enumerate(cut))
+    assert perturbed_sentences(sentences, 2, "[MASK]", seed=3) == perturbed_sentences(
+        sentences, 2, "[MASK]", seed=3
+    )
+    with pytest.raises(ValueError, match="p_swap is a probability"):
+        perturbed_sentences(sentences, 1, "[MASK]", p_swap=1.5)

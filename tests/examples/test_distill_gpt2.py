@@ -152,6 +152,15 @@ def test_yaml_config_with_flags_overriding_it(tmp_path: Path) -> None:
         distill_gpt2.parse_arguments([str(config)])
 
 
+def test_help_lists_the_script_and_training_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        distill_gpt2.parse_arguments(["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    for flag in ("--teacher", "--train_file", "--block_size", "--alpha", "--temperature", "--max_steps"):
+        assert flag in shown
+
+
 def test_defaults_need_no_flags() -> None:
     script_args, training_args = distill_gpt2.parse_arguments([])
     assert script_args.teacher is None and script_args.student is None
@@ -272,7 +281,6 @@ def test_embedded_smollm2_teacher_distils_into_a_gpt2_over_its_vocabulary(tmp_pa
     assert results["teacher"]["perplexity"] < ppl["distilled"] < ppl["before"]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="checks the CPU (gloo) process group of a GPU-less launch"
 )
