@@ -322,6 +322,7 @@ def test_two_processes_train_the_same_student_as_one_on_the_same_global_batch(
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("Teacher:") == 1  # one report: the processes ran as one job
+    assert "distilling on materialised logits instead" not in done.stderr  # the fused objective ran under DDP
     parallel = json.loads((two / "results.json").read_text())
     assert parallel["global_batch"] == 4
 
