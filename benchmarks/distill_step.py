@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -69,6 +70,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from hf_enhance import DistillationTrainer, DistillationTrainingArguments
+from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
 
 COMMAND = "python benchmarks/distill_step.py"
 METHODS = ("student_ce", "floor", "hf_enhance_fused", "hf_enhance_logits", "trl_gkd", "trl_distillation")
@@ -87,11 +89,11 @@ VOCAB_SIZE = 49152  # SmolLM2's tokenizer
 @dataclass
 class BenchmarkArguments:
     batch_size: int = field(default=2, metadata={"help": "Sequences per step (per_device_train_batch_size)."})
-    seq_len: int = field(default=128, metadata={"help": "Tokens per sequence."})
+    seq_len: int = field(default=256, metadata={"help": "Tokens per sequence."})
     student_layers: int = field(default=6, metadata={"help": "GPT-2 student: number of layers."})
     student_hidden: int = field(default=384, metadata={"help": "GPT-2 student: hidden size (n_embd)."})
     warmup_steps: int = field(default=1, metadata={"help": "Steps per method run before any measurement."})
-    timed_steps: int = field(default=6, metadata={"help": "Timed steps (rounds) per method."})
+    timed_steps: int = field(default=5, metadata={"help": "Timed steps (rounds) per method."})
     methods: list[str] = field(
         default_factory=lambda: list(METHODS),
         metadata={"help": f"Methods to run, among: {', '.join(METHODS)}."},
@@ -558,10 +560,11 @@ def markdown(args: BenchmarkArguments, payload: dict[str, Any]) -> str:
         f"{student['layers']} layers, hidden {student['hidden']}, same vocabulary). Batch: {args.batch_size} x "
         f"{args.seq_len} random token ids, no padding. Every distillation row optimises the same objective: "
         f"generalized JSD, beta = {JSD_BETA}, T = 1, no label term. fp32, AdamW, max_grad_norm = 1, no gradient "
-        "checkpointing.",
+        f"checkpointing. hf_enhance's fused objective runs in chunks of {payload['hf_enhance_fused_chunk_size']} "
+        f"tokens (the default), here over {args.batch_size * (args.seq_len - 1)} predicted tokens.",
         "",
         f"Machine: {env['processor']}, {env['cpu_count']} cores shared with other jobs (1-minute load average "
-        f"{env['load_average_1m']} at the start), torch {env['torch']} with {env['threads']} threads. Time: every "
+        f"{env['load_average_1m']} at the start, {env['load_average_1m_end']} at the end), torch {env['torch']} with {env['threads']} threads. Time: every "
         "method's `Trainer.train()` in one process, steps interleaved round by round (order rotated each round), "
         f"{args.warmup_steps} warm-up step(s) per method dropped, {args.timed_steps} timed. A step runs from "
         "`on_step_begin` to `on_step_end` (forward, backward, clipping, optimizer step). Step time: median, best "
@@ -627,12 +630,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             memory[method] = in_subprocess(__file__, config, pin_mmap=True)
             print(json.dumps({method: memory[method]}), flush=True)
     env["wall_s"] = round(time.perf_counter() - start, 1)
+    env["load_average_1m_end"] = round(os.getloadavg()[0], 2)
     command = COMMAND + (" --tiny" if args.tiny else "")
     payload = {
         "command": command,
         "settings": settings,
         "environment": env,
         "models": model_summary(args),
+        "hf_enhance_fused_chunk_size": DEFAULT_CHUNK_SIZE,
         "memory_first_losses": {m: r["first_loss"] for m, r in memory.items()},
         "summary": summarize(args, timings, memory),
     }

@@ -223,7 +223,7 @@ def run(args: BenchmarkArguments) -> list[dict]:
     return rows
 
 
-def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float) -> None:
+def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float, load_start: float) -> None:
     environment = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -231,6 +231,7 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float) ->
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "wall_s": round(seconds, 1),
+        "load_average_1min": [load_start, os.getloadavg()[0]],
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +240,10 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float) ->
     lines = [
         "# Fused vs naive distillation objective (forward + backward, CPU)",
         "",
-        f"Reproduce: `{COMMAND}` (took {seconds / 60:.1f} min here).",
+        f"Reproduce: `{COMMAND}` (took {seconds / 60:.1f} min here; 1-minute load average "
+        "{:.1f} at the start and {:.1f} at the end, on {} cores shared with other jobs).".format(
+            *environment["load_average_1min"], environment["cpu_count"]
+        ),
         "",
         f"H = {args.hidden_size}, kind = {args.kind}, alpha = 0.5, T = 2, 10% of positions masked, float32. "
         f"torch {environment['torch']}, {environment['threads']} threads on a shared {environment['cpu_count']}-core "
@@ -277,9 +281,9 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float) ->
 
 def main() -> None:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     rows = run(args)
-    write_results(args, rows, time.perf_counter() - start)
+    write_results(args, rows, time.perf_counter() - start, load_start)
 
 
 if __name__ == "__main__":

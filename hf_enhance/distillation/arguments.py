@@ -60,7 +60,7 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
         metadata={
             "help": "Causal LMs: compute the objective from final hidden states and LM-head weights, chunk by "
             "chunk over tokens (hf_enhance.fused_distillation_loss), so no [tokens, vocab] logits are held. "
-            "Used in training steps; falls back to logits with one warning where it cannot apply (FSDP, "
+            "Used in training steps whose micro-batch has more tokens than fused_chunk_size; falls back to logits with one warning where it cannot apply (FSDP, "
             "DeepSpeed, adapted or post-processed heads)."
         },
     )

@@ -278,11 +278,11 @@ def _pad_entries(
                 "entries. The collator must not truncate or add tokens (the cache covers each row's attended "
                 "tokens as stored in the data set); use the same max_length as when caching, or none."
             )
-        topk_ids[row, positions] = torch.from_numpy(ids[row].reshape(-1, top_k))
-        topk_logprobs[row, positions] = torch.as_tensor(
-            np.asarray(entry["teacher_topk_logprobs"], dtype=np.float32).reshape(-1, top_k)
-        )
-        residual[row, positions] = torch.as_tensor(
+        # torch.tensor copies: arrays served by `datasets` may be read-only views of the memory-mapped cache.
+        topk_ids[row, positions] = torch.tensor(ids[row].reshape(-1, top_k))
+        logprobs = np.asarray(entry["teacher_topk_logprobs"], dtype=np.float32)
+        topk_logprobs[row, positions] = torch.tensor(logprobs.reshape(-1, top_k))
+        residual[row, positions] = torch.tensor(
             np.asarray(entry["teacher_residual_logprob"], dtype=np.float32)
         )
     return {

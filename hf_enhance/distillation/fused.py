@@ -26,9 +26,9 @@ from hf_enhance.distillation.losses import (
 )
 
 DEFAULT_CHUNK_SIZE = 256
-"""Tokens per chunk, from benchmarks/results/kd_loss_memory.md (CPU, H=576): at V=49152 the time hardly changes
-between 128 and 512 tokens while memory grows with the chunk (256: ~0.15x the naive peak); at V=8192 chunks under
-256 tokens cost time, as fixed work per chunk (the pass over the [V, H] gradient accumulator) stops amortising."""
+"""Tokens per chunk, from benchmarks/results/kd_loss_memory.md (CPU, H=576, N=2048): at V=49152 the CPU time
+hardly changes from 128 to 1024 tokens (0.85-0.97x naive) while memory grows with the chunk (256: 0.15x the
+naive peak); at V=8192 chunks of 128 tokens were slower than naive (fixed work per chunk stops amortising)."""
 
 
 def fused_distillation_loss(

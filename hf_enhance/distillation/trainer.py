@@ -209,7 +209,11 @@ class DistillationTrainer(EnhancedTrainer):
                 "This batch has no teacher-cache entries and the trainer has no teacher_model (it was built "
                 "with teacher_cache=). Join the data with its cache first: with_teacher_cache(dataset, cache)."
             )
-        elif model.training and self._fused_ready(model, inputs):
+        elif (
+            model.training
+            and self._predicted_tokens(inputs) > self.args.fused_chunk_size
+            and self._fused_ready(model, inputs)
+        ):
             result, outputs = self._fused_objective(model, inputs, labels), None
         else:
             result, outputs = self._logit_objective(model, inputs, labels)
@@ -290,6 +294,12 @@ class DistillationTrainer(EnhancedTrainer):
 
     def _student_base(self, model: nn.Module) -> nn.Module:
         return unwrap(self.accelerator.unwrap_model(model))
+
+    @staticmethod
+    def _predicted_tokens(inputs: dict[str, Any]) -> int:
+        """Positions in this micro-batch: chunking pays off only when they exceed one chunk."""
+        input_ids = inputs.get("input_ids")
+        return 0 if input_ids is None else input_ids.numel()
 
     def _fused_ready(self, model: nn.Module, inputs: dict[str, Any]) -> bool:
         """Whether this step may use the fused objective; decided (and explained) on the first training step."""

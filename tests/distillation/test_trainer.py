@@ -410,7 +410,7 @@ def test_fused_falls_back_with_a_warning_for_an_adapted_head(tmp_path: Path, cap
     trainer = DistillationTrainer(
         model=student,
         teacher_model=tiny_gpt2(seed=1),
-        args=make_args(tmp_path, max_steps=1),
+        args=make_args(tmp_path, max_steps=1, fused_chunk_size=4),
         train_dataset=lm_dataset(4),
         data_collator=pad_collator,
     )
@@ -418,6 +418,19 @@ def test_fused_falls_back_with_a_warning_for_an_adapted_head(tmp_path: Path, cap
         trainer.train()
     assert trainer._fused is False
     assert "distilling on materialised logits instead" in caplog.text
+
+
+def test_micro_batches_within_one_chunk_use_the_logits(tmp_path: Path) -> None:
+    """Chunking a batch that fits in one chunk would only add the [V, H] gradient buffer: logits are used."""
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(seed=0),
+        teacher_model=tiny_gpt2(seed=1),
+        args=make_args(tmp_path, max_steps=1, fused_chunk_size=10_000),
+        train_dataset=lm_dataset(4),
+        data_collator=pad_collator,
+    )
+    trainer.train()
+    assert trainer._fused is None
 
 
 def test_cached_teacher_with_full_support_trains_like_the_online_teacher(tmp_path: Path) -> None:

@@ -301,6 +301,7 @@ def test_two_processes_train_the_same_student_as_one_on_the_same_global_batch(
         "max_train_samples": 12,
         "max_steps": 5,
         "use_cpu": None,
+        "fused_chunk_size": 8,  # below the 2 x 15 predicted tokens per micro-batch: the fused objective runs
     }
     two = tmp_path / "two"
     env = {
