@@ -37,11 +37,14 @@ def quick_flags(tmp_path: Path, data_dir: Path) -> list[str]:
 def test_quick_run_writes_every_row_and_the_curves(
     tmp_path: Path, data_dir: Path, tiny_model_dir: Path
 ) -> None:
-    rows = main(["--model", str(tiny_model_dir), "--tasks", "cola", "sst2", *quick_flags(tmp_path, data_dir)])
+    rows = main(
+        ["--model", str(tiny_model_dir), "--tasks", "cola", "sst2", "--augment_copies", "1",
+         *quick_flags(tmp_path, data_dir)]
+    )  # fmt: skip
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
     for task in ("cola", "sst2"):
         table = {row["method"]: row for row in rows if row["dataset"] == task}
-        assert list(table) == METHODS
+        assert list(table) == [*METHODS, "gru-distilled-aug"]
         assert all(row.keys() >= FIELDS and row["settings"]["quick"] for row in table.values())
         assert all(0.0 <= row["accuracy"] <= 1.0 and -1.0 <= row["mcc"] <= 1.0 for row in table.values())
         labels = np.array(
@@ -55,6 +58,10 @@ def test_quick_run_writes_every_row_and_the_curves(
         assert table["lora"]["trainable_params"] < table["teacher-full-ft"]["trainable_params"]
         assert table["gru"]["total_params"] == table["gru-distilled"]["total_params"]
         assert {"alpha", "temperature", "teacher_cache_seconds"} <= table["gru-distilled"]["settings"].keys()
+        # 24 train + 16 validation + 24 perturbed rows cached; only the -aug row trains on the perturbed ones.
+        assert table["gru-distilled"]["settings"]["teacher_cached_rows"] == 64
+        assert table["gru-distilled"]["settings"]["distillation_train_rows"] == 24
+        assert table["gru-distilled-aug"]["settings"]["distillation_train_rows"] == 48
         assert all(
             row["epochs"] > 0 and row["train_seconds"] > 0 for row in rows if row["method"] != "majority"
         )
