@@ -392,10 +392,11 @@ def rotated_schedule(methods: list[str], rounds: int) -> list[str]:
     return [methods[(r + i) % len(methods)] for r in range(rounds) for i in range(len(methods))]
 
 
-def time_methods(args: BenchmarkArguments) -> dict[str, dict[str, Any]]:
+def time_methods(
+    args: BenchmarkArguments, teacher: nn.Module, student: nn.Module
+) -> dict[str, dict[str, Any]]:
     """Step times and first-step losses of every method, interleaved round by round in this process."""
     steps = args.warmup_steps + args.timed_steps
-    teacher, student = build_models(args)
     dataset, tokenizer = build_dataset(args, steps), build_tokenizer(args)
     baton = RoundRobin(rotated_schedule(args.methods, steps))
     runs: dict[str, tuple[Trainer, StepTimer, list[torch.Tensor]]] = {}
@@ -522,8 +523,7 @@ def goals(rows: list[dict], comparisons: list[dict]) -> dict[str, bool]:
     return result
 
 
-def model_summary(args: BenchmarkArguments) -> dict[str, Any]:
-    teacher, student = build_models(args)
+def model_summary(teacher: nn.Module, student: nn.Module) -> dict[str, Any]:
     summary = {}
     for role, model in (("teacher", teacher), ("student", student)):
         config = model.config
@@ -621,7 +621,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     settings = {k: v for k, v in asdict(args).items() if k != "worker"}
     env = environment()
-    timings = time_methods(args)
+    teacher, student = build_models(args)
+    timings = time_methods(args, teacher, student)
     print(json.dumps({m: t["times_s"] for m, t in timings.items()}), flush=True)
     memory = {}
     if args.memory:
@@ -636,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": command,
         "settings": settings,
         "environment": env,
-        "models": model_summary(args),
+        "models": model_summary(teacher, student),
         "hf_enhance_fused_chunk_size": DEFAULT_CHUNK_SIZE,
         "memory_first_losses": {m: r["first_loss"] for m, r in memory.items()},
         "summary": summarize(args, timings, memory),
