@@ -400,7 +400,6 @@ def time_methods(
     dataset, tokenizer = build_dataset(args, steps), build_tokenizer(args)
     baton = RoundRobin(rotated_schedule(args.methods, steps))
     runs: dict[str, tuple[Trainer, StepTimer, list[torch.Tensor]]] = {}
-    errors: list[BaseException] = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in args.methods:
             timer = StepTimer(baton, method)
@@ -409,22 +408,28 @@ def time_methods(
                 method, teacher, copy.deepcopy(student), dataset, tokenizer, common, [timer]
             )
             runs[method] = (trainer, timer, record_losses(trainer))
-        threads = []
-        for method, (trainer, timer, _) in runs.items():
-            thread = threading.Thread(target=_train, args=(trainer, baton, method, errors), name=method)
-            thread.start()
-            while not timer.ready.wait(0.1) and thread.is_alive():
-                pass  # set-ups run one at a time, before any step
-            threads.append(thread)
-        baton.open()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
+        train_in_turns({method: (trainer, timer) for method, (trainer, timer, _) in runs.items()}, baton)
     return {
         method: {"times_s": timer.times, "first_loss": losses[0].item()}
         for method, (_, timer, losses) in runs.items()
     }
+
+
+def train_in_turns(runs: dict[str, tuple[Trainer, StepTimer]], baton: RoundRobin) -> None:
+    """Run every trainer's `train()` in its own thread, one step at a time in the baton's order."""
+    errors: list[BaseException] = []
+    threads = []
+    for method, (trainer, timer) in runs.items():
+        thread = threading.Thread(target=_train, args=(trainer, baton, method, errors), name=method)
+        thread.start()
+        while not timer.ready.wait(0.1) and thread.is_alive():
+            pass  # set-ups run one at a time, before any step
+        threads.append(thread)
+    baton.open()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _train(trainer: Trainer, baton: RoundRobin, name: str, errors: list[BaseException]) -> None:

@@ -42,7 +42,6 @@ import math
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +50,14 @@ from typing import Any
 import torch
 from _measure import environment
 from datasets import Dataset, load_dataset
-from distill_step import RoundRobin, StepTimer, _train, common_arguments, per_round_ratio, rotated_schedule
+from distill_step import (
+    RoundRobin,
+    StepTimer,
+    common_arguments,
+    per_round_ratio,
+    rotated_schedule,
+    train_in_turns,
+)
 from torch import nn
 from transformers import (
     GPT2Config,
@@ -266,19 +272,7 @@ def train_interleaved(
             build_trainer(method, args, copy.deepcopy(student), teacher, train, caches, common, timer),
             timer,
         )
-    errors: list[BaseException] = []
-    threads = []
-    for method, (trainer, timer) in runs.items():
-        thread = threading.Thread(target=_train, args=(trainer, baton, method, errors), name=method)
-        thread.start()
-        while not timer.ready.wait(0.1) and thread.is_alive():
-            pass  # set-ups run one at a time, before any step
-        threads.append(thread)
-    baton.open()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    train_in_turns(runs, baton)
     return {method: (trainer.model, timer.times) for method, (trainer, timer) in runs.items()}
 
 
