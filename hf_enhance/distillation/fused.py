@@ -2,16 +2,19 @@
 
 `fused_distillation_loss` takes the final hidden states and the LM-head weights of the student and the teacher
 instead of their logits. It walks over the kept tokens ``chunk_size`` at a time; for each chunk it computes the
-student and teacher logits, evaluates the KD term with `distillation_loss` (the very function the unfused path
-uses) and the label term with the same mean cross-entropy, and differentiates that with autograd on the chunk
-alone. The chunk's logit gradient is folded straight into the gradients of the student's hidden states, head
+student and teacher logits, the divergence and the label term, and the gradient of both with respect to the
+chunk's student logits in closed form (`_divergence_and_grad`): a handful of in-place passes over the
+``[chunk, V]`` buffers instead of an autograd graph of log-softmax, logsumexp and kl_div that holds a dozen of
+them. The chunk's logit gradient is folded straight into the gradients of the student's hidden states, head
 weight and bias, which are kept until backward (the scheme of Liger-Kernel's fused linear cross-entropy).
 Backward then only scales them by the incoming gradient: no recomputation, and memory is bounded by a few
-``[chunk_size, V]`` float32 buffers plus one ``[V, H]`` float32 gradient accumulator.
+``[chunk_size, V]`` float32 buffers plus one ``[V, H]`` float32 gradient accumulator. `distillation_loss`, the
+autograd implementation of the same objective, is the reference the tests hold this one to.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,7 +25,6 @@ from hf_enhance.distillation.losses import (
     DistillationOutput,
     DivergenceKind,
     check_distillation_settings,
-    distillation_loss,
 )
 
 DEFAULT_CHUNK_SIZE = 256
@@ -194,38 +196,98 @@ def _chunk(
 ) -> torch.Tensor:
     """Sums of loss, KD and CE over one chunk of kept rows; writes/adds the chunk's gradients into ``grads``.
 
-    A function of its own so that the chunk's ``[rows, V]`` tensors are freed when it returns.
+    The label term's gradient is softmax minus one-hot, the divergence's comes from `_divergence_and_grad`. A
+    function of its own so that the chunk's ``[rows, V]`` tensors are freed when it returns.
     """
     student_weight, student_bias, teacher_weight, teacher_bias = heads
-    rows = student_hidden.shape[0]
-    teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias)
+    teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias).float()
     student_logits = F.linear(student_hidden, student_weight, student_bias).float()
-    with torch.enable_grad():
-        student_logits.requires_grad_(grads is not None)
-        # The chunk holds kept rows only, so the KD term needs no mask (and no copies of the logits to apply
-        # one); the label term is the same mean cross-entropy `distillation_loss` adds.
-        kd = distillation_loss(
-            student_logits,
-            teacher_logits,
-            temperature=settings["temperature"],
-            kind=settings["kind"],
-            beta=settings["beta"],
-        ).kd_loss
-        ce = torch.zeros_like(kd)
-        loss = kd
-        if labels is not None:
-            ce = F.cross_entropy(student_logits, labels)
-            loss = settings["alpha"] * kd + (1.0 - settings["alpha"]) * ce
-        if grads is not None:
-            # d(mean over the chunk)/d(logits) · chunk/N = d(mean over all N kept tokens)/d(logits).
-            (grad_logits,) = torch.autograd.grad(loss, student_logits, scale * rows)
-    if grads is not None:
+    alpha = settings["alpha"] if labels is not None else 1.0
+    chunk_labels = None if labels is None else labels.unsqueeze(1)
+    kd_rows, label_log_probs, grad_logits = _divergence_and_grad(
+        student_logits,
+        teacher_logits,
+        settings["kind"],
+        settings["beta"],
+        settings["temperature"],
+        grad_scale=None if grads is None else scale * alpha,
+        labels=chunk_labels,
+    )
+    kd = kd_rows.sum()
+    ce = torch.zeros_like(kd)
+    if chunk_labels is not None:
+        label_logits = student_logits.gather(1, chunk_labels)
+        if label_log_probs is None:  # T != 1: the label term needs the T = 1 normaliser
+            log_norm = torch.logsumexp(student_logits, dim=-1, keepdim=True)
+        else:
+            log_norm = label_logits - label_log_probs
+        ce = (log_norm - label_logits).sum()
+        if grad_logits is not None and alpha < 1.0:
+            # d CE / d logits = softmax(logits) - one_hot(label).
+            probs = student_logits.sub_(log_norm).exp_()
+            probs.scatter_add_(1, chunk_labels, torch.full_like(probs[:, :1], -1.0))
+            grad_logits.addcmul_(probs, scale, value=1.0 - alpha)
+    if grad_logits is not None and grads is not None:
         grad_hidden, grad_weight, grad_bias = grads
         grad_hidden.copy_(grad_logits.to(student_weight.dtype) @ student_weight)
         grad_weight.addmm_(grad_logits.t(), student_hidden.float())
         if grad_bias is not None:
             grad_bias += grad_logits.sum(0)
-    return torch.stack([loss.detach(), kd.detach(), ce.detach()]) * rows
+    return torch.stack([alpha * kd + (1.0 - alpha) * ce, kd, ce])
+
+
+def _divergence_and_grad(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str,
+    beta: float,
+    temperature: float,
+    grad_scale: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-row T^2 * D(teacher_T, student_T) of `divergence`, and ``grad_scale`` x its gradient w.r.t. the student
+    logits (None when ``grad_scale`` is None). At T = 1 also the student's log-probabilities of ``labels``
+    (``[rows, 1]``), read before the buffers are reused, so the label term costs no extra pass; None otherwise.
+
+    With s, t the student and teacher log-probabilities at temperature T and p = exp(s):
+    forward KL  d/dz = (p - p_t) / T;  reverse KL  d/dz = p * (s - t - KL(p || p_t)) / T;
+    JSD         d/dz = (1 - beta) * p * (s - m - KL(p || m)) / T, with m = log(beta * p_t + (1 - beta) * p).
+    Both are multiplied by the T^2 factor of the objective. Reuses its buffers in place: at most five [rows, V]
+    tensors live at once, and every scalar factor is folded into one multiplication.
+    """
+    if kind == "jsd" and beta == 0.0:
+        kind = "forward_kl"
+    elif kind == "jsd" and beta == 1.0:
+        kind = "reverse_kl"
+    inv_t = 1.0 / temperature
+    s = F.log_softmax(student_logits * inv_t if temperature != 1.0 else student_logits, dim=-1)
+    t = F.log_softmax(teacher_logits * inv_t if temperature != 1.0 else teacher_logits, dim=-1)
+    label_log_probs = s.gather(1, labels) if labels is not None and temperature == 1.0 else None
+    needs_grad = grad_scale is not None
+    grad = None
+    if kind == "forward_kl":
+        p_t = t.exp()
+        value = torch.linalg.vecdot(p_t, t.sub_(s))
+        if needs_grad:
+            grad = s.exp_().sub_(p_t).mul_(grad_scale * temperature)
+    elif kind == "reverse_kl":
+        p = s.exp()
+        gap = s.sub_(t)
+        value = torch.linalg.vecdot(p, gap)
+        if needs_grad:
+            grad = gap.sub_(value.unsqueeze(1)).mul_(p).mul_(grad_scale * temperature)
+    else:
+        mixture = torch.logaddexp(t + math.log(beta), s + math.log1p(-beta))
+        teacher_gap = t - mixture
+        kl_teacher = torch.linalg.vecdot(t.exp_(), teacher_gap)
+        p = s.exp()
+        gap = s.sub_(mixture)
+        kl_student = torch.linalg.vecdot(p, gap)
+        value = beta * kl_teacher + (1.0 - beta) * kl_student
+        if needs_grad:
+            grad = gap.sub_(kl_student.unsqueeze(1)).mul_(p).mul_(grad_scale * ((1.0 - beta) * temperature))
+    # T^2 of the objective, divided by T in the gradient (chain rule through logits / T).
+    return value * temperature**2, label_log_probs, grad
 
 
 def _check_inputs(

@@ -23,10 +23,10 @@ the bucket is unknown from the cache, so the bucket is tempered as one outcome o
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from hf_enhance.distillation.losses import (
     DistillationOutput,
@@ -52,6 +52,7 @@ def sparse_distillation_loss(
     kind: DivergenceKind = "forward_kl",
     beta: float = 0.5,
     ignore_index: int = -100,
+    mask: torch.Tensor | None = None,
 ) -> DistillationOutput:
     """alpha · T² · D(teacher top-k + bucket, student top-k + bucket) + (1 − alpha) · CE(student, labels).
 
@@ -63,45 +64,99 @@ def sparse_distillation_loss(
             as ``log(1 − sum(exp(topk_logprobs)))``, which loses precision when that mass is tiny; the cache
             stores it exactly.
         labels: ``[...]`` ids aligned with the logits, ``ignore_index`` to skip a position (in both terms);
-            ``None`` for pure distillation over every position.
+            ``None`` for pure distillation with no label term.
         alpha, temperature, kind, beta, ignore_index: as in `distillation_loss`.
+        mask: ``[...]`` bool, False to skip a position in both terms (e.g. where the cache has no entry);
+            combined with ``labels != ignore_index``. ``None``: every position (with a label) counts.
 
-    See the module docstring for what is computed exactly and what is approximated when k < V.
+    See the module docstring for what is computed exactly and what is approximated when k < V. Skipped positions
+    are masked, not cut out, so the logits are never copied (pass them unshifted, with the cache entries and
+    labels aligned to them, as `DistillationTrainer` does), and the gradient with respect to them is written in
+    closed form: the objective costs about what the student's own cross-entropy costs.
     """
     check_distillation_settings(alpha, temperature, kind, beta)
-    _check_shapes(student_logits, topk_ids, topk_logprobs, residual_logprob, labels)
+    _check_shapes(student_logits, topk_ids, topk_logprobs, residual_logprob, labels, mask)
     vocab_size, top_k = student_logits.shape[-1], topk_ids.shape[-1]
     student = student_logits.reshape(-1, vocab_size)
     ids = topk_ids.reshape(-1, top_k).long()
     teacher = topk_logprobs.detach().reshape(-1, top_k).float()
-    residual = None if residual_logprob is None else residual_logprob.detach().reshape(-1).float()
-    flat_labels = None if labels is None else labels.reshape(-1)
-    if flat_labels is not None:
-        keep = flat_labels != ignore_index
-        student, ids, teacher, flat_labels = student[keep], ids[keep], teacher[keep], flat_labels[keep]
-        residual = None if residual is None else residual[keep]
-    student = student.float()
-
-    log_normalizer = torch.logsumexp(student, dim=-1, keepdim=True)
-    student_coarse = student.gather(-1, ids) - log_normalizer
+    keep = torch.ones(student.shape[0], dtype=torch.bool, device=student.device)
+    if mask is not None:
+        keep &= mask.reshape(-1)
+    flat_labels = None
+    if labels is not None:
+        flat_labels = labels.reshape(-1)
+        keep &= flat_labels != ignore_index
+        flat_labels = flat_labels.masked_fill(~keep, 0)
+    student_coarse, label_log_probs = _CoarseLogProbs.apply(student, ids, flat_labels)
     teacher_coarse = teacher
     if top_k < vocab_size:
-        student_rest = torch.logsumexp(student.scatter(-1, ids, -math.inf), dim=-1, keepdim=True)
+        residual = residual_logprob
         if residual is None:
             residual = torch.log(-torch.expm1(torch.logsumexp(teacher, dim=-1)))
+        residual = residual.detach().reshape(-1).float()
         residual = residual.nan_to_num(nan=_EMPTY_BUCKET_LOGPROB).clamp(min=_EMPTY_BUCKET_LOGPROB)
-        student_coarse = torch.cat([student_coarse, student_rest - log_normalizer], dim=-1)
         teacher_coarse = torch.cat([teacher, residual.unsqueeze(-1)], dim=-1)
     kd = distillation_loss(
-        student_coarse, teacher_coarse, temperature=temperature, kind=kind, beta=beta
+        student_coarse[keep], teacher_coarse[keep], temperature=temperature, kind=kind, beta=beta
     ).kd_loss
-    num_tokens = torch.tensor(student.shape[0], device=student.device)
+    num_tokens = keep.sum()
     if flat_labels is None:
         return DistillationOutput(loss=kd, kd_loss=kd, ce_loss=None, num_tokens=num_tokens)
-    ce = F.cross_entropy(student, flat_labels, reduction="sum") / num_tokens.clamp(min=1)
+    ce = -label_log_probs[keep].sum() / num_tokens.clamp(min=1)
     return DistillationOutput(
         loss=alpha * kd + (1.0 - alpha) * ce, kd_loss=kd, ce_loss=ce, num_tokens=num_tokens
     )
+
+
+class _CoarseLogProbs(torch.autograd.Function):
+    """``[N, V]`` logits -> the student's (k + 1)-way log-probabilities and the log-probabilities of the labels.
+
+    Outputs ``log q(id_i)`` for the k ids, ``log(1 - sum_i q(id_i))`` for the bucket (left out when k = V) and
+    ``log q(label)``, with ``q = softmax(logits)`` in float32. Forward makes three passes over the logits (max,
+    exp into one buffer, one sum whose buffer has the ids zeroed, so the bucket's mass is an exact sum of
+    positives, not ``1 - sum``); backward one more. With g the incoming gradients and G their total per row,
+    ``d/dz_j = g_i [j = id_i] + g_bucket q_j / q_bucket [j not an id] + g_label [j = label] - q_j G``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, logits: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits32 = logits.float()
+        row_max = logits32.amax(dim=-1, keepdim=True)
+        shifted = torch.sub(logits32, row_max).exp_()
+        id_mass = shifted.gather(1, ids)
+        rest = shifted.scatter_(1, ids, 0.0).sum(dim=-1, keepdim=True)
+        total = rest + id_mass.sum(dim=-1, keepdim=True)
+        log_norm = row_max + total.log()
+        coarse = logits32.gather(1, ids) - log_norm
+        if ids.shape[1] < logits.shape[1]:
+            coarse = torch.cat([coarse, rest.log() - total.log()], dim=-1)
+        label_log_probs = None if labels is None else (logits32.gather(1, labels[:, None]) - log_norm)[:, 0]
+        ctx.save_for_backward(shifted, id_mass, rest, total, ids, labels)
+        ctx.logits_dtype = logits.dtype
+        return coarse, label_log_probs
+
+    @staticmethod
+    @once_differentiable
+    def backward(
+        ctx: Any, grad_coarse: torch.Tensor, grad_labels: torch.Tensor | None
+    ) -> tuple[torch.Tensor, None, None]:
+        shifted, id_mass, rest, total, ids, labels = ctx.saved_tensors
+        top_k = ids.shape[1]
+        row_total = grad_coarse.sum(dim=-1, keepdim=True)
+        if labels is not None and grad_labels is not None:
+            row_total = row_total + grad_labels[:, None]
+        # Off the ids: q_j (g_bucket / q_bucket - G) = shifted_j (g_bucket / rest - G / total).
+        scale = -row_total / total
+        if grad_coarse.shape[1] > top_k:
+            scale = scale + torch.where(rest > 0, grad_coarse[:, top_k:] / rest, 0.0)
+        grad = shifted.mul_(scale)
+        grad.scatter_(1, ids, grad_coarse[:, :top_k] - id_mass * (row_total / total))
+        if labels is not None and grad_labels is not None:
+            grad.scatter_add_(1, labels[:, None], grad_labels[:, None])
+        return grad.to(ctx.logits_dtype), None, None
 
 
 def _check_shapes(
@@ -110,6 +165,7 @@ def _check_shapes(
     topk_logprobs: torch.Tensor,
     residual_logprob: torch.Tensor | None,
     labels: torch.Tensor | None,
+    mask: torch.Tensor | None,
 ) -> None:
     positions = tuple(student_logits.shape[:-1])
     if topk_ids.shape != topk_logprobs.shape or tuple(topk_ids.shape[:-1]) != positions:
@@ -134,4 +190,9 @@ def _check_shapes(
         raise ValueError(
             f"labels {tuple(labels.shape)} do not match the logits' leading dims {positions}. Pass labels "
             "aligned with the logits (for causal LMs: logits[:, :-1] against labels[:, 1:])."
+        )
+    if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != positions):
+        raise ValueError(
+            f"mask must be a bool tensor with one entry per position {positions}, got {mask.dtype} "
+            f"{tuple(mask.shape)}. Pass True where the position counts (e.g. the cache's teacher_cache_mask)."
         )

@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import default_data_collator
 
@@ -242,15 +243,18 @@ class DistillationTrainer(EnhancedTrainer):
         """Causal LM objective against the teacher's cached top-k log-probabilities (sparse_distillation_loss)."""
         outputs = model(**inputs)
         logits = logits_of(outputs)[..., : self._num_columns]
-        keep = cached["teacher_cache_mask"][:, :-1]
+        # Shift the labels and the mask, not the logits: position t predicts token t + 1 and has cache entry t;
+        # the last position predicts nothing. The [batch, length, vocab] logits are then never copied.
+        mask = F.pad(cached["teacher_cache_mask"][:, :-1], (0, 1), value=False)
         if labels is not None:
-            labels = labels[:, 1:][keep]
+            labels = F.pad(labels[:, 1:], (0, 1), value=-100)
         result = sparse_distillation_loss(
-            logits[:, :-1][keep],
-            cached["teacher_topk_ids"][:, :-1][keep],
-            cached["teacher_topk_logprobs"][:, :-1][keep],
-            cached["teacher_residual_logprob"][:, :-1][keep],
+            logits,
+            cached["teacher_topk_ids"],
+            cached["teacher_topk_logprobs"],
+            cached["teacher_residual_logprob"],
             labels,
+            mask=mask,
             **self._loss_settings(),
         )
         return result, outputs if isinstance(outputs, dict) else {"logits": logits}

@@ -62,7 +62,8 @@ def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float) -
 
 
 @pytest.mark.parametrize(
-    "kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.2), ("jsd", 1.0)]
+    "kind,beta",
+    [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.2), ("jsd", 0.0), ("jsd", 1.0)],
 )
 @pytest.mark.parametrize("temperature,alpha", [(1.0, 0.5), (2.0, 0.0), (4.0, 1.0), (2.0, 0.3)])
 @pytest.mark.parametrize("chunk_size", [1, 8, 64])

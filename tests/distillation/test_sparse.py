@@ -86,6 +86,59 @@ def test_coarse_divergence_is_below_the_full_one_at_temperature_one() -> None:
     assert 0 < sparse.item() < full.item()
 
 
+def autograd_reference(student, ids, logprobs, residual, labels, keep, **settings):
+    """The objective spelled out with autograd in float64: rows cut out, bucket from a masked logsumexp."""
+    rows = keep.reshape(-1)
+    student = student.double().reshape(-1, V)[rows]
+    ids, logprobs = ids.reshape(-1, ids.shape[-1])[rows], logprobs.double().reshape(-1, ids.shape[-1])[rows]
+    log_norm = torch.logsumexp(student, -1, keepdim=True)
+    rest = torch.logsumexp(student.scatter(-1, ids, -math.inf), -1, keepdim=True)
+    coarse = torch.cat([student.gather(-1, ids), rest], -1) - log_norm
+    teacher = torch.cat([logprobs, residual.double().reshape(-1, 1)[rows]], -1)
+    out = distillation_loss(coarse, teacher, labels=None, **{**settings, "alpha": 1.0})
+    ce = torch.nn.functional.cross_entropy(student, labels.reshape(-1)[rows])
+    return settings["alpha"] * out.kd_loss + (1 - settings["alpha"]) * ce
+
+
+@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)])
+@pytest.mark.parametrize("temperature,alpha", [(1.0, 0.5), (2.0, 0.2), (1.5, 1.0)])
+def test_top_k_gradients_match_autograd_with_masked_positions(
+    kind: str, beta: float, temperature: float, alpha: float
+) -> None:
+    torch.manual_seed(0)
+    student = (torch.randn(2, 7, V) * 3).requires_grad_()
+    ids, logprobs, residual = teacher_topk(torch.randn(2, 7, V) * 3, 5)
+    labels = torch.randint(0, V, (2, 7))
+    labels[0, :2] = -100
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, -1] = False
+    settings = {"alpha": alpha, "temperature": temperature, "kind": kind, "beta": beta}
+    out = sparse_distillation_loss(student, ids, logprobs, residual, labels, mask=mask, **settings)
+    expected = autograd_reference(
+        student, ids, logprobs, residual, labels, mask & (labels != -100), **settings
+    )
+    assert out.num_tokens.item() == 11
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    (grad,) = torch.autograd.grad(out.loss, student)
+    (expected_grad,) = torch.autograd.grad(expected, student)
+    assert not grad[0, :2].any() and not grad[1, -1].any()
+    torch.testing.assert_close(grad, expected_grad.float(), rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_logits_get_bfloat16_gradients_of_the_float32_objective() -> None:
+    student = torch.randn(6, V).bfloat16().requires_grad_()
+    ids, logprobs, residual = teacher_topk(torch.randn(6, V), 4)
+    labels = torch.randint(0, V, (6,))
+    out = sparse_distillation_loss(student, ids, logprobs, residual, labels)
+    (grad,) = torch.autograd.grad(out.loss, student)
+    reference = student.detach().float().requires_grad_()
+    expected = sparse_distillation_loss(reference, ids, logprobs, residual, labels)
+    (expected_grad,) = torch.autograd.grad(expected.loss, reference)
+    assert grad.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    assert out.loss.item() == pytest.approx(expected.loss.item(), rel=1e-6)
+    torch.testing.assert_close(grad.float(), expected_grad, rtol=1e-2, atol=1e-4)
+
+
 def test_residual_derived_from_the_top_k_when_not_given() -> None:
     student, teacher = torch.randn(8, V), torch.randn(8, V)
     ids, logprobs, residual = teacher_topk(teacher, 6)
@@ -124,6 +177,8 @@ def test_empty_teacher_bucket_and_all_masked_stay_finite() -> None:
         ({"topk_ids": torch.zeros(4, 2)}, "integer token ids"),
         ({"residual_logprob": torch.zeros(5)}, "one entry per position"),
         ({"labels": torch.zeros(4, 1, dtype=torch.long)}, "do not match"),
+        ({"mask": torch.ones(4)}, "mask must be a bool"),
+        ({"mask": torch.ones(5, dtype=torch.bool)}, "mask must be a bool"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(change: dict, message: str) -> None:
