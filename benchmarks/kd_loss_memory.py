@@ -5,15 +5,11 @@
 naive = materialise ``hidden @ W.T`` for student and teacher, then `distillation_loss` and autograd;
 fused = `fused_distillation_loss` on the hidden states and head weights (chunked over tokens).
 
-Memory: each (size, method) runs in a fresh process, forked from a parent that has imported torch but never run
-an op. Peak memory is that process's resident-set high-water mark (``VmHWM``, reset through
-``/proc/self/clear_refs``) during one forward + backward, minus the resident size just before it. The inputs and
-weights are excluded; everything the objective allocates (logits, temporaries, the gradients it returns) is
-included. The process pins glibc's mmap threshold at 64 KiB (``mallopt``), so every tensor larger than that is
-mapped on allocation and unmapped on free: the high-water mark then follows the live tensors, not the allocator's
-caching policy (which otherwise keeps freed blocks under 32 MiB resident). Only a tiny warm-up call runs before
-the measured one. torch.profiler and tracemalloc are not used: tracemalloc does not see torch's allocations, and
-the profiler's per-op accounting misses allocator overheads.
+Memory: each (size, method) runs in a fresh Python process with glibc's mmap threshold pinned at 64 KiB
+(`_measure.in_subprocess`), so resident memory follows the live tensors rather than the allocator's cache. Peak
+memory is the resident-set high-water mark during one forward + backward minus the resident size just before it
+(`_measure.PeakMemory`): the inputs and weights are excluded; everything the objective allocates (logits,
+temporaries, the gradients it returns) is included. Only a tiny warm-up call runs before the measured one.
 Time: one fresh process per size runs a tiny warm-up per method, then ``repeats`` rounds at full size with the
 methods interleaved (so the load of a shared machine falls on all of them alike); the best round is reported for
 wall-clock and for process CPU time (the first round doubles as the full-size warm-up: first touches of fresh
@@ -24,28 +20,22 @@ head weight.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
-import multiprocessing
 import os
-import platform
 import tempfile
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import torch
+from _measure import PeakMemory, environment, in_subprocess
 from transformers import HfArgumentParser
 
 from hf_enhance import distillation_loss, fused_distillation_loss
 from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
 
 COMMAND = "python benchmarks/kd_loss_memory.py"
-_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
 
 
 @dataclass
@@ -73,6 +63,7 @@ class BenchmarkArguments:
         default="benchmarks/results/kd_loss_memory",
         metadata={"help": "Results path without suffix: writes .json and .md."},
     )
+    worker: str | None = field(default=None, metadata={"help": "Internal: one measurement job, as JSON."})
 
 
 def make_inputs(n: int, v: int, h: int) -> dict[str, torch.Tensor]:
@@ -104,13 +95,6 @@ def step(method: str, inputs: dict[str, torch.Tensor], kind: str, chunk_size: in
     return out.loss.detach()
 
 
-def _status_kib(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field_name}")
-
-
 def _warm_up(methods: list[tuple[str, int]], kind: str) -> None:
     """Load kernels and thread pools at a tiny size, outside any measurement."""
     tiny = make_inputs(64, 1024, 32)
@@ -118,31 +102,25 @@ def _warm_up(methods: list[tuple[str, int]], kind: str) -> None:
         step(method, tiny, kind, 16)
 
 
-def memory_worker(config: dict) -> dict:
+def memory_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of one forward + backward in this fresh process; errors against the saved naive result."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)  # every tensor > 64 KiB is mmapped, and unmapped when freed
     _warm_up([(config["method"], 0)], config["kind"])
     inputs = make_inputs(config["n"], config["v"], config["h"])
-    gc.collect()
-    libc.malloc_trim(0)  # hand free heap pages back, so reuse cannot hide part of a peak
-    before = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
-    loss = step(config["method"], inputs, config["kind"], config["chunk_size"])
-    peak = _status_kib("VmHWM")
+    with PeakMemory() as peak:
+        loss = step(config["method"], inputs, config["kind"], config["chunk_size"])
     result = {"loss": loss, "grad_hidden": inputs["student_hidden"].grad}
     result["grad_weight"] = inputs["student_head_weight"].grad
     if config["method"] == "naive":
         torch.save(result, config["naive_path"])
-        return {"peak_mib": (peak - before) / 1024}
+        return {"peak_mib": peak.mib}
     naive = torch.load(config["naive_path"])
     errors = {"loss": ((loss - naive["loss"]).abs() / naive["loss"].abs()).item()}
     for name in ("grad_hidden", "grad_weight"):
         errors[name] = ((result[name] - naive[name]).abs().max() / naive[name].abs().max()).item()
-    return {"peak_mib": (peak - before) / 1024, "error": errors}
+    return {"peak_mib": peak.mib, "error": errors}
 
 
-def time_worker(config: dict) -> dict:
+def time_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Best-of-`repeats` time per method, the methods interleaved round by round so load hits all alike."""
     methods = config["methods"]
     _warm_up(methods, config["kind"])
@@ -158,31 +136,12 @@ def time_worker(config: dict) -> dict:
     return times
 
 
-def _child(worker: Callable[[dict], dict], config: dict, pipe: Connection) -> None:
-    try:
-        pipe.send(("ok", worker(config)))
-    except BaseException:
-        pipe.send(("error", traceback.format_exc()))
+WORKERS = {"memory": memory_worker, "time": time_worker}
 
 
-def in_fresh_process(worker: Callable[[dict], dict], config: dict) -> dict:
-    """Run ``worker(config)`` in a forked child: fresh memory and thread pools, without re-importing torch.
-
-    The parent only imports; it never runs torch ops, so forking it is safe (no OpenMP pool to inherit).
-    """
-    context = multiprocessing.get_context("fork")
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(worker, config, sender))
-    process.start()
-    sender.close()
-    try:
-        status, result = receiver.recv()
-    except EOFError:
-        status, result = "error", "the child died without a result"
-    process.join()
-    if status != "ok":
-        raise RuntimeError(f"{worker.__name__}({config}) failed in its process:\n{result}")
-    return result
+def measure(job: str, config: dict[str, Any]) -> dict[str, Any]:
+    """One job in a fresh process (memory jobs with glibc's mmap threshold pinned: see `_measure`)."""
+    return in_subprocess(__file__, {**config, "job": job}, pin_mmap=job == "memory")
 
 
 def run(args: BenchmarkArguments) -> list[dict]:
@@ -194,11 +153,11 @@ def run(args: BenchmarkArguments) -> list[dict]:
             base = {"n": n, "v": v, "h": args.hidden_size, "kind": args.kind}
             chunks = args.chunk_sizes if (n, v) in sweep else [DEFAULT_CHUNK_SIZE]
             methods = [("naive", 0)] + [("fused", chunk) for chunk in chunks]
-            times = in_fresh_process(time_worker, {**base, "methods": methods, "repeats": args.repeats})
+            times = measure("time", {**base, "methods": methods, "repeats": args.repeats})
             naive = None
             for method, chunk in methods:
-                memory = in_fresh_process(
-                    memory_worker,
+                memory = measure(
+                    "memory",
                     {**base, "method": method, "chunk_size": chunk, "naive_path": f"{tmp}/naive.pt"},
                 )
                 row = {
@@ -224,30 +183,24 @@ def run(args: BenchmarkArguments) -> list[dict]:
 
 
 def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float, load_start: float) -> None:
-    environment = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "wall_s": round(seconds, 1),
-        "load_average_1min": [load_start, os.getloadavg()[0]],
-    }
+    machine = environment(seconds)
+    machine["load_average_1m"] = [load_start, machine["load_average_1m"]]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"command": COMMAND, "settings": asdict(args), "environment": environment, "results": rows}
+    settings = {k: v for k, v in asdict(args).items() if k != "worker"}
+    payload = {"command": COMMAND, "settings": settings, "environment": machine, "results": rows}
     output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
         "# Fused vs naive distillation objective (forward + backward, CPU)",
         "",
         f"Reproduce: `{COMMAND}` (took {seconds / 60:.1f} min here; 1-minute load average "
         "{:.1f} at the start and {:.1f} at the end, on {} cores shared with other jobs).".format(
-            *environment["load_average_1min"], environment["cpu_count"]
+            *machine["load_average_1m"], machine["cpu_count"]
         ),
         "",
         f"H = {args.hidden_size}, kind = {args.kind}, alpha = 0.5, T = 2, 10% of positions masked, float32. "
-        f"torch {environment['torch']}, {environment['threads']} threads on a shared {environment['cpu_count']}-core "
-        "CPU. Peak = resident-set high-water mark during one forward + backward minus the resident size before it "
+        f"torch {machine['torch']}, {machine['threads']} threads on a shared {machine['cpu_count']}-core "
+        f"CPU ({machine['processor']}). Peak = resident-set high-water mark during one forward + backward minus the resident size before it "
         "(inputs and weights excluded), each (size, method) in a fresh process with glibc's mmap threshold pinned "
         "at 64 KiB (so resident memory follows the live tensors) after a tiny warm-up. "
         f"Wall and CPU (process) time = best of {args.repeats} rounds at full size, methods interleaved in one "
@@ -281,7 +234,11 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float, lo
 
 def main() -> None:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
-    start, load_start = time.perf_counter(), os.getloadavg()[0]
+    if args.worker is not None:
+        config = json.loads(args.worker)
+        print(json.dumps(WORKERS[config["job"]](config)))
+        return
+    start, load_start = time.perf_counter(), round(os.getloadavg()[0], 2)
     rows = run(args)
     write_results(args, rows, time.perf_counter() - start, load_start)
 
