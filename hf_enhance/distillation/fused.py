@@ -14,7 +14,6 @@ autograd implementation of the same objective, is the reference the tests hold t
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -277,10 +276,11 @@ def _divergence_and_grad(
         if needs_grad:
             grad = gap.sub_(value.unsqueeze(1)).mul_(p).mul_(grad_scale * temperature)
     else:
-        mixture = torch.logaddexp(t + math.log(beta), s + math.log1p(-beta))
-        teacher_gap = t - mixture
-        kl_teacher = torch.linalg.vecdot(t.exp_(), teacher_gap)
-        p = s.exp()
+        # The mixture in probability space from the two exps needed anyway; flooring it at the smallest normal
+        # float only touches tokens whose probability is below that under both models, whose terms vanish.
+        p_t, p = t.exp(), s.exp()
+        mixture = p_t.mul(beta).add_(p, alpha=1.0 - beta).clamp_(min=torch.finfo(p.dtype).tiny).log_()
+        kl_teacher = torch.linalg.vecdot(p_t, t.sub_(mixture))
         gap = s.sub_(mixture)
         kl_student = torch.linalg.vecdot(p, gap)
         value = beta * kl_teacher + (1.0 - beta) * kl_student
