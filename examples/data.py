@@ -104,16 +104,25 @@ def load_sentence_classification(
     from_hub: bool = False,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    unlabelled_samples: int = 0,
     seed: int = 0,
 ) -> DatasetDict:
     """``train`` and ``validation`` splits of ``task`` (``"cola"`` or ``"sst2"``) with ``sentence`` and ``label``.
 
     ``max_train_samples`` / ``max_eval_samples`` keep a random subset (drawn with ``seed``) of that many rows.
+    ``unlabelled_samples`` > 0 adds an ``unlabelled`` split: that many further training sentences, disjoint from
+    ``train``, with their labels dropped (text a teacher can label for distillation).
     """
     files = _check_task(task)
     for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive number of rows or None (all rows), got {value}.")
+    if unlabelled_samples < 0 or (unlabelled_samples and max_train_samples is None):
+        raise ValueError(
+            f"unlabelled_samples={unlabelled_samples} needs max_train_samples set and must be >= 0: the "
+            "unlabelled sentences are training sentences left out of the labelled subset. Set "
+            "max_train_samples, or unlabelled_samples=0."
+        )
     if from_hub:
         data = load_dataset("nyu-mll/glue", task)
         data = DatasetDict(
@@ -127,9 +136,20 @@ def load_sentence_classification(
                 "validation": _read_tsv(root / files.validation, files),
             }
         )
+    spare = len(data["train"]) - (max_train_samples or 0)
+    if unlabelled_samples and unlabelled_samples > spare:
+        raise ValueError(
+            f"unlabelled_samples={unlabelled_samples} but {task}'s training split has only {max(spare, 0)} "
+            f"sentences beyond max_train_samples={max_train_samples}. Lower one of the two."
+        )
+    shuffled = data["train"].shuffle(seed=seed)
+    if unlabelled_samples:
+        rest = range(max_train_samples, max_train_samples + unlabelled_samples)  # type: ignore[arg-type]
+        data["unlabelled"] = shuffled.select(rest).remove_columns("label")
     for split, limit in (("train", max_train_samples), ("validation", max_eval_samples)):
         if limit is not None and limit < len(data[split]):
-            data[split] = data[split].shuffle(seed=seed).select(range(limit))
+            source = shuffled if split == "train" else data[split].shuffle(seed=seed)
+            data[split] = source.select(range(limit))
     return data
 
 

@@ -13,7 +13,9 @@ trains with `DistillationTrainer`: ``--alpha``, ``--temperature``, ``--distillat
 ``--augment_copies N`` adds N perturbed copies of each training sentence (masked and swapped words, n-gram
 fragments; Tang et al. 2019) to the distillation data, labelled by the teacher alone: the teacher's logits are the
 distillation target and its prediction is the label of the cross-entropy term. Unlabelled text is what a teacher
-adds that labels cannot, so this is where distillation pays most on small labelled sets.
+adds that labels cannot, so this is where distillation pays most on small labelled sets. ``--unlabelled_samples N``
+adds N real training sentences beyond ``--max_train_samples`` the same way, their gold labels dropped: the usual
+setting of a few labelled sentences and many unlabelled ones.
 """
 
 from __future__ import annotations
@@ -85,6 +87,13 @@ class DistillScriptArguments(DataArguments):
         default=0,
         metadata={
             "help": "Teacher-labelled perturbed copies of each training sentence to distil on (0: none)."
+        },
+    )
+    unlabelled_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Also distil on this many further training sentences (beyond --max_train_samples), their "
+            "labels dropped and replaced by the teacher's: an unlabelled in-domain transfer set (0: none)."
         },
     )
 
@@ -160,6 +169,26 @@ def perturbed_inputs(
     )["train"]
 
 
+def transfer_set(
+    data: DatasetDict,
+    tokenized: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    augment_copies: int,
+    max_length: int,
+    seed: int,
+) -> Dataset | None:
+    """The unlabelled text the teacher labels for distillation, tokenized: ``augment_copies`` perturbed copies of
+    the training sentences plus the ``unlabelled`` split when ``data`` has one; None when there is neither."""
+    parts = (
+        [perturbed_inputs(data["train"], tokenizer, augment_copies, max_length, seed)]
+        if augment_copies
+        else []
+    )
+    if "unlabelled" in tokenized:
+        parts.append(tokenized["unlabelled"])
+    return concatenate_datasets(parts) if parts else None
+
+
 def with_teacher_labels(tokenized: DatasetDict, extra: Dataset, teacher: CachedTeacher) -> DatasetDict:
     """``tokenized`` with ``extra`` rows added to its train split, labelled by the teacher's prediction."""
     with torch.no_grad():
@@ -203,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
         from_hub=script_args.from_hub,
         max_train_samples=script_args.max_train_samples,
         max_eval_samples=script_args.max_eval_samples,
+        unlabelled_samples=script_args.unlabelled_samples,
         seed=args.seed,
     )
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
@@ -231,15 +261,12 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
         if script_args.save_teacher:
             runs["teacher"].trainer.save_model(script_args.save_teacher)
             tokenizer.save_pretrained(script_args.save_teacher)
-    splits = [tokenized["train"], tokenized["validation"]]
-    if script_args.augment_copies:
-        splits.append(
-            perturbed_inputs(
-                data["train"], tokenizer, script_args.augment_copies, script_args.max_length, args.seed
-            )
-        )
+    transfer = transfer_set(
+        data, tokenized, tokenizer, script_args.augment_copies, script_args.max_length, args.seed
+    )
+    splits = [tokenized["train"], tokenized["validation"], *([transfer] if transfer else [])]
     cached = CachedTeacher.from_model(teacher, splits, DataCollatorWithPadding(tokenizer))
-    student_data = tokenized if len(splits) == 2 else with_teacher_labels(tokenized, splits[2], cached)
+    student_data = with_teacher_labels(tokenized, transfer, cached) if transfer else tokenized
 
     student_args = dataclasses.replace(args, output_dir=os.path.join(args.output_dir, "student"))
     runs["distilled"] = train_gru(

@@ -28,6 +28,21 @@ def test_subsets_are_seeded_random_samples(data_dir: Path) -> None:
     assert first["train"]["sentence"] != other["train"]["sentence"]
 
 
+def test_unlabelled_split_is_disjoint_from_train_and_has_no_labels(data_dir: Path) -> None:
+    plain = load_sentence_classification("cola", data_dir, max_train_samples=50, seed=3)
+    data = load_sentence_classification("cola", data_dir, max_train_samples=50, unlabelled_samples=30, seed=3)
+    assert data["train"]["sentence"] == plain["train"]["sentence"]
+    assert data["unlabelled"].column_names == ["sentence"] and len(data["unlabelled"]) == 30
+    assert not set(data["unlabelled"]["sentence"]) & set(data["train"]["sentence"])
+
+
+def test_unlabelled_split_errors(data_dir: Path) -> None:
+    with pytest.raises(ValueError, match="needs max_train_samples"):
+        load_sentence_classification("cola", data_dir, unlabelled_samples=5)
+    with pytest.raises(ValueError, match="only 551 sentences beyond"):
+        load_sentence_classification("cola", data_dir, max_train_samples=8000, unlabelled_samples=600)
+
+
 def test_tokenize_keeps_labels_and_truncates(tiny_model_dir: Path, data_dir: Path) -> None:
     data = load_sentence_classification("sst2", data_dir, max_train_samples=8, max_eval_samples=8)
     tokenized = tokenize(data, AutoTokenizer.from_pretrained(tiny_model_dir), max_length=6)

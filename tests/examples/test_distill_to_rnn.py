@@ -20,7 +20,8 @@ def test_fine_tunes_teacher_then_distils_into_a_gru(
     runs = main(
         ["--teacher_base", str(tiny_model_dir), "--teacher_epochs", "1", "--save_teacher", str(saved),
          "--task", "sst2", "--num_train_epochs", "2", "--embedding_dim", "16", "--hidden_size", "8",
-         "--compare_baseline", "--augment_copies", "2", "--alpha", "0.7", "--temperature", "3", *common_flags(tmp_path, data_dir)]
+         "--compare_baseline", "--augment_copies", "2", "--unlabelled_samples", "5", "--alpha", "0.7", "--temperature", "3",
+         *common_flags(tmp_path, data_dir)]
     )  # fmt: skip
     assert set(runs) == {"teacher", "distilled", "baseline"}
     distilled, baseline = runs["distilled"].trainer, runs["baseline"].trainer
@@ -28,9 +29,10 @@ def test_fine_tunes_teacher_then_distils_into_a_gru(
     assert isinstance(distilled.teacher_model, CachedTeacher)
     assert (distilled.args.alpha, distilled.args.temperature) == (0.7, 3.0)
     assert not isinstance(baseline, DistillationTrainer)
-    # Two teacher-labelled perturbed copies of each of the 24 sentences join the distillation data only.
-    assert (len(distilled.train_dataset), len(baseline.train_dataset)) == (72, 24)
-    extra = distilled.train_dataset.select(range(24, 72))
+    # Two teacher-labelled perturbed copies of each of the 24 sentences and 5 unlabelled training sentences join
+    # the distillation data only.
+    assert (len(distilled.train_dataset), len(baseline.train_dataset)) == (77, 24)
+    extra = distilled.train_dataset.select(range(24, 77))
     batch = DataCollatorWithPadding(distilled.processing_class)(
         extra.select_columns(["input_ids", "attention_mask"]).to_list()
     )

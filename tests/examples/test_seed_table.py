@@ -39,12 +39,12 @@ def test_quick_run_writes_every_row_and_the_curves(
 ) -> None:
     rows = main(
         ["--model", str(tiny_model_dir), "--tasks", "cola", "sst2", "--augment_copies", "1",
-         *quick_flags(tmp_path, data_dir)]
+         "--unlabelled_samples", "10", *quick_flags(tmp_path, data_dir)]
     )  # fmt: skip
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
     for task in ("cola", "sst2"):
         table = {row["method"]: row for row in rows if row["dataset"] == task}
-        assert list(table) == [*METHODS, "gru-distilled-aug"]
+        assert list(table) == [*METHODS, "gru-distilled-aug", "gru-distilled-unlabelled"]
         assert all(row.keys() >= FIELDS and row["settings"]["quick"] for row in table.values())
         assert all(0.0 <= row["accuracy"] <= 1.0 and -1.0 <= row["mcc"] <= 1.0 for row in table.values())
         labels = np.array(
@@ -58,10 +58,11 @@ def test_quick_run_writes_every_row_and_the_curves(
         assert table["lora"]["trainable_params"] < table["teacher-full-ft"]["trainable_params"]
         assert table["gru"]["total_params"] == table["gru-distilled"]["total_params"]
         assert {"alpha", "temperature", "teacher_cache_seconds"} <= table["gru-distilled"]["settings"].keys()
-        # 24 train + 16 validation + 24 perturbed rows cached; only the -aug row trains on the perturbed ones.
-        assert table["gru-distilled"]["settings"]["teacher_cached_rows"] == 64
+        # 24 train + 16 validation + 24 perturbed + 10 unlabelled rows cached; each extra row trains on its own.
+        assert table["gru-distilled"]["settings"]["teacher_cached_rows"] == 74
         assert table["gru-distilled"]["settings"]["distillation_train_rows"] == 24
         assert table["gru-distilled-aug"]["settings"]["distillation_train_rows"] == 48
+        assert table["gru-distilled-unlabelled"]["settings"]["distillation_train_rows"] == 34
         assert all(
             row["epochs"] > 0 and row["train_seconds"] > 0 for row in rows if row["method"] != "majority"
         )
@@ -71,6 +72,15 @@ def test_quick_run_writes_every_row_and_the_curves(
 def test_unknown_task_fails_before_training(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(ValueError, match="Valid tasks: cola, sst2"):
         main(["--tasks", "mnli", *quick_flags(tmp_path, data_dir)])
+
+
+def test_unlabelled_row_is_left_out_where_the_training_split_has_too_few_spare_rows(
+    tmp_path: Path, data_dir: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = [*quick_flags(tmp_path, data_dir), "--augment_copies", "0", "--unlabelled_samples", "9000"]
+    rows = main(["--model", str(tiny_model_dir), "--tasks", "cola", *flags])
+    assert [row["method"] for row in rows] == METHODS
+    assert "cola: no gru-distilled-unlabelled row, only 8527 spare training rows" in capsys.readouterr().out
 
 
 @requires_minilm
