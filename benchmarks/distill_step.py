@@ -92,8 +92,8 @@ class BenchmarkArguments:
     seq_len: int = field(default=256, metadata={"help": "Tokens per sequence."})
     student_layers: int = field(default=6, metadata={"help": "GPT-2 student: number of layers."})
     student_hidden: int = field(default=384, metadata={"help": "GPT-2 student: hidden size (n_embd)."})
-    warmup_steps: int = field(default=1, metadata={"help": "Steps per method run before any measurement."})
-    timed_steps: int = field(default=5, metadata={"help": "Timed steps (rounds) per method."})
+    warmup_steps: int = field(default=2, metadata={"help": "Steps per method run before any measurement."})
+    timed_steps: int = field(default=8, metadata={"help": "Timed steps (rounds) per method."})
     methods: list[str] = field(
         default_factory=lambda: list(METHODS),
         metadata={"help": f"Methods to run, among: {', '.join(METHODS)}."},
