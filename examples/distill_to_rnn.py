@@ -35,6 +35,7 @@ from transformers import (
     DataCollatorWithPadding,
     HfArgumentParser,
     PreTrainedTokenizerBase,
+    set_seed,
 )
 
 from hf_enhance import CachedTeacher, DistillationTrainer, DistillationTrainingArguments, GRUClassifier
@@ -118,7 +119,12 @@ def fine_tune_teacher(
     tokenizer: PreTrainedTokenizerBase,
     args: EnhancedTrainingArguments,
 ) -> Run:
-    """Fully fine-tune ``model_path`` as a sequence classifier with `EnhancedTrainer`; the best epoch is kept."""
+    """Fully fine-tune ``model_path`` as a sequence classifier with `EnhancedTrainer`; the best epoch is kept.
+
+    The new classification head is drawn after seeding with ``args.seed``, so the run does not depend on what
+    consumed random numbers before it.
+    """
+    set_seed(args.seed)
     model = AutoModelForSequenceClassification.from_pretrained(
         model_path, num_labels=tokenized["train"].features["label"].num_classes
     )

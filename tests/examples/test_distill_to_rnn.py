@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from distill_to_rnn import main
+from data import load_sentence_classification, tokenize
+from distill_to_rnn import fine_tune_teacher, main
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hf_enhance import CachedTeacher, DistillationTrainer, GRUClassifier
+from hf_enhance import CachedTeacher, DistillationTrainer, EnhancedTrainingArguments, GRUClassifier
 from tests.examples.conftest import common_flags, requires_minilm
 
 
@@ -77,3 +78,22 @@ def test_default_teacher_is_the_offline_minilm(tmp_path: Path, data_dir: Path) -
     )  # fmt: skip
     assert type(runs["teacher"].trainer.model).__name__ == "BertForSequenceClassification"
     assert runs["distilled"].total_params < runs["teacher"].total_params
+
+
+def test_teacher_fine_tune_is_seeded_whatever_ran_before(
+    tmp_path: Path, data_dir: Path, tiny_model_dir: Path
+) -> None:
+    base = tmp_path / "base"  # an encoder without a classification head, as pretrained checkpoints are
+    AutoModel.from_pretrained(tiny_model_dir).save_pretrained(base)
+    data = load_sentence_classification("sst2", data_dir, max_train_samples=8, max_eval_samples=8)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenized = tokenize(data, tokenizer, 16)
+    heads = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # something else drew random numbers before the fine-tune
+        args = EnhancedTrainingArguments(
+            output_dir=str(tmp_path / str(state)), max_steps=1, report_to="none", use_cpu=True, seed=0
+        )
+        run = fine_tune_teacher(str(base), tokenized, tokenizer, args)
+        heads.append(run.trainer.model.classifier.weight.detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], rtol=0, atol=0)
