@@ -479,6 +479,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (output_dir / "results.json").write_text(json.dumps(results, indent=2))
         plot_curves(runs, output_dir / "curves.png", {"teacher": teacher_ppl})
         print(report(results, output_dir))
+    # Tear down the process group, once every rank is here, before the interpreter exits: left to exit-time
+    # destructors, gloo's threads can abort a rank ("terminate called without an active exception").
+    distiller.accelerator.wait_for_everyone()
+    distiller.accelerator.end_training()
     return results
 
 
