@@ -54,6 +54,7 @@ from distill_step import (
     RoundRobin,
     StepTimer,
     common_arguments,
+    model_summary,
     per_round_ratio,
     rotated_schedule,
     train_in_turns,
@@ -340,17 +341,9 @@ def summarize(
     }
 
 
-def model_summary(teacher: nn.Module, student: nn.Module, args: BenchmarkArguments) -> dict[str, Any]:
-    summary = {}
-    for role, model in (("teacher", teacher), ("student", student)):
-        config = model.config
-        summary[role] = {
-            "class": type(model).__name__,
-            "params": sum(p.numel() for p in model.parameters()),
-            "layers": config.num_hidden_layers,
-            "hidden": config.hidden_size,
-            "vocab": config.vocab_size,
-        }
+def named_models(teacher: nn.Module, student: nn.Module, args: BenchmarkArguments) -> dict[str, Any]:
+    """`distill_step.model_summary`, with the teacher's source."""
+    summary = model_summary(teacher, student)
     summary["teacher"]["name"] = (
         "random tiny Llama" if args.tiny else "SmolLM2-135M-Instruct (GGUF Q4_1 -> fp32)"
     )
@@ -432,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": COMMAND + flags,
         "settings": asdict(args),
         "environment": env,
-        "models": model_summary(teacher, student, args),
+        "models": named_models(teacher, student, args),
         "teacher_load_s": teacher_load_s,
         "train_rows": len(train),
         "eval_rows": len(eval_rows),
