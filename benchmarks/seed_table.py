@@ -74,7 +74,13 @@ class BenchmarkArguments:
     quick: bool = field(
         default=False, metadata={"help": "Few-minute version: QUICK replaces the defaults of these settings."}
     )
-    output: str = field(default=str(RESULTS / "seed_table.json"), metadata={"help": "Where the rows go."})
+    output: str = field(
+        default=str(RESULTS / "seed_table.json"),
+        metadata={
+            "help": "Where the rows go. Rows of data sets not in --tasks already in this file are kept, so one "
+            "data set can be rerun alone."
+        },
+    )
     curves_dir: str = field(default=str(RESULTS), metadata={"help": "Where seed_curves_<task>.png go."})
     workdir: str = field(
         default="outputs/seed_table",
@@ -399,6 +405,27 @@ def run_task(bench: BenchmarkArguments, task: str, rows: list[dict], save: Any) 
     plot_curves(task, histories, majority, Path(bench.curves_dir) / f"seed_curves_{task}.png", bench.quick)
 
 
+def previous_rows(output: Path) -> list[dict]:
+    """The rows already in ``output`` (none when it does not exist yet)."""
+    if not output.is_file():
+        return []
+    try:
+        rows = json.loads(output.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{output} exists but is not JSON ({error}), so its rows of other data sets cannot be kept. Delete it "
+            "or pass another --output."
+        ) from error
+    if not isinstance(rows, list) or not all(
+        isinstance(entry, dict) and "dataset" in entry for entry in rows
+    ):
+        raise ValueError(
+            f"{output} is not a list of seed_table rows, so its rows of other data sets cannot be kept. Delete it "
+            "or pass another --output."
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = HfArgumentParser(BenchmarkArguments)
     (bench,) = parser.parse_args_into_dataclasses(args=argv)
@@ -421,11 +448,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     output = Path(bench.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     Path(bench.curves_dir).mkdir(parents=True, exist_ok=True)
+    kept = [entry for entry in previous_rows(output) if entry["dataset"] not in bench.tasks]
 
     def save() -> None:
         for entry in rows:
             entry["settings"].setdefault("machine", machine)
-        output.write_text(json.dumps(rows, indent=2) + "\n")
+        order = list(TASKS)
+        table = sorted(kept + rows, key=lambda entry: order.index(entry["dataset"]))
+        output.write_text(json.dumps(table, indent=2) + "\n")
         latest = rows[-1]
         print(
             f"[seed_table] {latest['dataset']:<5} {latest['method']:<16} accuracy {latest['accuracy']:.4f} "

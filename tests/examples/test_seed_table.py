@@ -69,6 +69,29 @@ def test_quick_run_writes_every_row_and_the_curves(
         assert (tmp_path / f"seed_curves_{task}.png").stat().st_size > 10_000
 
 
+def test_rerunning_one_data_set_keeps_the_rows_of_the_others(
+    tmp_path: Path, data_dir: Path, tiny_model_dir: Path
+) -> None:
+    output = tmp_path / "rows.json"
+    sst2_row = {"dataset": "sst2", "method": "gru", "accuracy": 0.5, "settings": {}}
+    old_cola_row = {"dataset": "cola", "method": "gru", "accuracy": 0.1, "settings": {}}
+    output.write_text(json.dumps([old_cola_row, sst2_row]))
+    flags = [*quick_flags(tmp_path, data_dir), "--augment_copies", "0", "--unlabelled_samples", "0"]
+    rows = main(["--model", str(tiny_model_dir), "--tasks", "cola", *flags])
+    assert [row["method"] for row in rows] == METHODS
+    assert json.loads(output.read_text()) == [*rows, sst2_row]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"dataset": "cola"}', '[{"method": "gru"}]'])
+def test_an_output_file_that_is_not_a_table_fails_before_training(
+    tmp_path: Path, data_dir: Path, content: str
+) -> None:
+    (tmp_path / "rows.json").write_text(content)
+    with pytest.raises(ValueError, match="Delete it or pass another --output"):
+        main(["--tasks", "cola", *quick_flags(tmp_path, data_dir)])
+    assert (tmp_path / "rows.json").read_text() == content
+
+
 def test_unknown_task_fails_before_training(tmp_path: Path, data_dir: Path) -> None:
     with pytest.raises(ValueError, match="Valid tasks: cola, sst2"):
         main(["--tasks", "mnli", *quick_flags(tmp_path, data_dir)])
