@@ -411,17 +411,14 @@ def previous_rows(output: Path) -> list[dict]:
         return []
     try:
         rows = json.loads(output.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(
-            f"{output} exists but is not JSON ({error}), so its rows of other data sets cannot be kept. Delete it "
-            "or pass another --output."
-        ) from error
+    except json.JSONDecodeError:
+        rows = None
     if not isinstance(rows, list) or not all(
-        isinstance(entry, dict) and "dataset" in entry for entry in rows
+        isinstance(entry, dict) and entry.get("dataset") in TASKS for entry in rows
     ):
         raise ValueError(
-            f"{output} is not a list of seed_table rows, so its rows of other data sets cannot be kept. Delete it "
-            "or pass another --output."
+            f"{output} exists but is not a list of seed_table rows of {', '.join(TASKS)}, so its rows of other data "
+            "sets cannot be kept. Delete it or pass another --output."
         )
     return rows
 

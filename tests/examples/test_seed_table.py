@@ -82,7 +82,9 @@ def test_rerunning_one_data_set_keeps_the_rows_of_the_others(
     assert json.loads(output.read_text()) == [*rows, sst2_row]
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"dataset": "cola"}', '[{"method": "gru"}]'])
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"dataset": "cola"}', '[{"method": "gru"}]', '[{"dataset": "mnli"}]']
+)
 def test_an_output_file_that_is_not_a_table_fails_before_training(
     tmp_path: Path, data_dir: Path, content: str
 ) -> None:
