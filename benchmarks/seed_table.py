@@ -97,7 +97,9 @@ class BenchmarkArguments:
     )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Validation rows (all: None)."})
     max_length: int = 64
-    batch_size: int = 32
+    batch_size: int = field(
+        default=32, metadata={"help": "Training batch size of the teacher and LoRA runs."}
+    )
     bf16: bool = field(
         default=True, metadata={"help": "bfloat16 autocast for the transformer runs (CPU AVX512-BF16)."}
     )
@@ -113,6 +115,12 @@ class BenchmarkArguments:
     gru_pooling: str = "max"
     gru_dropout: float = 0.3
     gru_learning_rate: float = 2e-3
+    gru_batch_size: int = field(
+        default=32,
+        metadata={
+            "help": "Training batch size of every GRU row (results/seed_table_gru_batch128.json: 128 instead)."
+        },
+    )
     gru_epochs: float = 20.0
     alpha: float = field(default=0.5, metadata={"help": "Distillation weight (1 = teacher only)."})
     temperature: float = 2.0
@@ -376,6 +384,7 @@ def run_task(bench: BenchmarkArguments, task: str, rows: list[dict], save: Any) 
         "pooling": bench.gru_pooling,
         "dropout": bench.gru_dropout,
         "learning_rate": bench.gru_learning_rate,
+        "batch_size": bench.gru_batch_size,
         "embeddings": "the pretrained teacher base's input embeddings, PCA-projected",
         "max_epochs": bench.gru_epochs,
     }
@@ -388,6 +397,7 @@ def run_task(bench: BenchmarkArguments, task: str, rows: list[dict], save: Any) 
             task,
             method,
             learning_rate=bench.gru_learning_rate,
+            per_device_train_batch_size=bench.gru_batch_size,
             num_train_epochs=bench.gru_epochs,
             **extra,
         )

@@ -39,7 +39,7 @@ def test_quick_run_writes_every_row_and_the_curves(
 ) -> None:
     rows = main(
         ["--model", str(tiny_model_dir), "--tasks", "cola", "sst2", "--augment_copies", "1",
-         "--unlabelled_samples", "10", *quick_flags(tmp_path, data_dir)]
+         "--unlabelled_samples", "10", "--gru_batch_size", "8", *quick_flags(tmp_path, data_dir)]
     )  # fmt: skip
     assert json.loads((tmp_path / "rows.json").read_text()) == rows
     for task in ("cola", "sst2"):
@@ -57,6 +57,8 @@ def test_quick_run_writes_every_row_and_the_curves(
         assert majority["mcc"] == 0.0
         assert table["lora"]["trainable_params"] < table["teacher-full-ft"]["trainable_params"]
         assert table["gru"]["total_params"] == table["gru-distilled"]["total_params"]
+        assert table["lora"]["settings"]["batch_size"] == 32
+        assert {table[method]["settings"]["batch_size"] for method in table if "gru" in method} == {8}
         assert {"alpha", "temperature", "teacher_cache_seconds"} <= table["gru-distilled"]["settings"].keys()
         # 24 train + 16 validation + 24 perturbed + 10 unlabelled rows cached; each extra row trains on its own.
         assert table["gru-distilled"]["settings"]["teacher_cached_rows"] == 74
