@@ -59,6 +59,9 @@ def test_quick_run_writes_every_row_and_the_curves(
         assert table["gru"]["total_params"] == table["gru-distilled"]["total_params"]
         assert table["lora"]["settings"]["batch_size"] == 32
         assert {table[method]["settings"]["batch_size"] for method in table if "gru" in method} == {8}
+        for method, batch_size in (("lora", 32), ("gru", 8), ("gru-distilled-aug", 8)):
+            states = (tmp_path / "work" / task / method).glob("checkpoint-*/trainer_state.json")
+            assert {json.loads(state.read_text())["train_batch_size"] for state in states} == {batch_size}
         assert {"alpha", "temperature", "teacher_cache_seconds"} <= table["gru-distilled"]["settings"].keys()
         # 24 train + 16 validation + 24 perturbed + 10 unlabelled rows cached; each extra row trains on its own.
         assert table["gru-distilled"]["settings"]["teacher_cached_rows"] == 74
