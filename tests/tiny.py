@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from datasets import Dataset
 from torch import nn
 from transformers import BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel
 
+from hf_enhance import DistillationTrainingArguments
+
 VOCAB = 97
+# Plain SGD: one update is exactly -learning_rate * gradient, so runs that should match can be compared exactly.
+PLAIN_SGD = {"optim": "sgd", "lr_scheduler_type": "constant", "weight_decay": 0.0, "max_grad_norm": 0.0}
 
 
 def tiny_gpt2(seed: int = 0, vocab_size: int = VOCAB, n_layer: int = 2, n_embd: int = 32) -> GPT2LMHeadModel:
@@ -93,3 +100,23 @@ def pad_collator(rows: list[dict]) -> dict[str, torch.Tensor]:
     else:
         batch["labels"] = torch.tensor(labels)
     return batch
+
+
+def distillation_args(tmp_path: Path, **overrides: Any) -> DistillationTrainingArguments:
+    """Small, fast, CPU-only distillation arguments: 4 steps, a log every step, no evaluation or saving."""
+    settings: dict[str, Any] = {
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 4,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "report_to": "none",
+        "use_cpu": True,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "disable_tqdm": True,
+        "seed": 0,
+    }
+    settings.update(overrides)
+    return DistillationTrainingArguments(**settings)

@@ -11,6 +11,7 @@ from hf_enhance.distillation.cache import (
 from hf_enhance.distillation.cached import CachedTeacher
 from hf_enhance.distillation.data import generate_teacher_texts
 from hf_enhance.distillation.fused import fused_distillation_loss
+from hf_enhance.distillation.intermediate import hidden_state_loss
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.students import GRUClassifier
@@ -28,6 +29,7 @@ __all__ = [
     "distillation_loss",
     "fused_distillation_loss",
     "generate_teacher_texts",
+    "hidden_state_loss",
     "load_teacher_cache",
     "sparse_distillation_loss",
     "with_teacher_cache",

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
+from hf_enhance.distillation.intermediate import HIDDEN_DISTANCES, check_hidden_weight
 from hf_enhance.distillation.losses import DIVERGENCE_KINDS, check_distillation_settings
 from hf_enhance.training import EnhancedTrainingArguments
 
@@ -17,7 +18,7 @@ DISTILLATION_TASKS: tuple[str, ...] = ("auto", "causal_lm", "classification", "t
 class DistillationTrainingArguments(EnhancedTrainingArguments):
     """`EnhancedTrainingArguments` (early stopping, clipping) plus what distillation needs.
 
-    loss = alpha · T² · D(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels)
+    loss = alpha · T² · D(teacher_T ‖ student_T) + (1 − alpha) · CE(student, labels) + hidden_weight · hidden_loss
     """
 
     alpha: float = field(
@@ -70,6 +71,30 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
             "help": "Tokens per chunk of the fused objective: peak extra memory grows with chunk × vocab."
         },
     )
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the intermediate-layer term: the distance between student block outputs and the "
+            "mapped teacher block outputs (see hidden_layer_map), averaged over layers and the tokens the KD term "
+            "uses. 0 = off; must be finite and >= 0."
+        },
+    )
+    hidden_distance: str = field(
+        default="cosine",
+        metadata={
+            "help": "Per-token distance of the hidden-state term: cosine = 1 − cos(student, teacher), mse = mean "
+            "over features of (student − teacher)². Differing widths are bridged by a learned projection.",
+            "choices": list(HIDDEN_DISTANCES),
+        },
+    )
+    hidden_layer_map: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher block index per student block, e.g. --hidden_layer_map 1 3 5 for 3 student blocks: "
+            "student block i's output is compared with teacher block map[i]'s. Default: the teacher layers the "
+            "student was built from (config.hf_enhance_student['layers']), else a uniform map, last to last."
+        },
+    )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
@@ -91,6 +116,7 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
                 f"fused_chunk_size={self.fused_chunk_size} must be >= 1: it is the number of tokens whose logits "
                 "the fused objective builds at a time. 256 is a good default; lower it to save memory."
             )
+        self._check_hidden_settings()
         if isinstance(self.teacher_model_init_kwargs, str):
             try:
                 self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
@@ -99,3 +125,18 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
                     f"teacher_model_init_kwargs={self.teacher_model_init_kwargs!r} is not valid JSON ({error}). "
                     'Pass a JSON object such as \'{"dtype": "bfloat16"}\'.'
                 ) from error
+
+    def _check_hidden_settings(self) -> None:
+        """Validate hidden_weight, hidden_distance and the entries of hidden_layer_map (ranges: the trainer)."""
+        check_hidden_weight(self.hidden_weight)
+        if self.hidden_distance not in HIDDEN_DISTANCES:
+            raise ValueError(
+                f"Unknown hidden_distance {self.hidden_distance!r}. Valid choices: {', '.join(HIDDEN_DISTANCES)}."
+            )
+        if self.hidden_layer_map is not None:
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.hidden_layer_map):
+                raise ValueError(
+                    f"hidden_layer_map={self.hidden_layer_map!r} must be a list of teacher block indices (ints), "
+                    "one per student block, e.g. [1, 3, 5] (--hidden_layer_map 1 3 5)."
+                )
+            self.hidden_layer_map = list(self.hidden_layer_map)

@@ -51,10 +51,14 @@ def head_bypassed(model: nn.Module) -> Iterator[nn.Linear]:
         base.set_output_embeddings(head)
 
 
-def hidden_states_match_logits(model: nn.Module, base: nn.Module, inputs: dict[str, Any]) -> bool:
+def hidden_states_match_logits(
+    model: nn.Module, base: nn.Module, inputs: dict[str, Any], mixed_precision: bool = False
+) -> bool:
     """Check once, on the first row in eval mode, that ``head(hidden)`` reproduces the model's real logits.
 
     `model` is what gets called (possibly DDP-wrapped), `base` the unwrapped model whose head is bypassed.
+    `mixed_precision`: the model's forward runs under bf16/fp16 autocast (accelerate wraps it), so its logits
+    carry half-precision rounding even when they come back as float32; compare at half-precision tolerance.
     """
     batch = next(v.shape[0] for v in inputs.values() if torch.is_tensor(v) and v.dim() > 0)
     row = {
@@ -71,7 +75,7 @@ def hidden_states_match_logits(model: nn.Module, base: nn.Module, inputs: dict[s
             rebuilt = F.linear(hidden, head.weight, head.bias)
     finally:
         model.train(was_training)
-    low_precision = real.dtype in (torch.float16, torch.bfloat16)
+    low_precision = mixed_precision or real.dtype in (torch.float16, torch.bfloat16)
     tolerance = 2e-2 if low_precision else 1e-4
     return rebuilt.shape == real.shape and torch.allclose(
         rebuilt.float(), real.float(), rtol=tolerance, atol=tolerance

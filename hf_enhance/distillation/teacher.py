@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -64,11 +65,45 @@ def output_size(model: nn.Module, task: str | None) -> int | None:
     return None
 
 
+def check_teacher(teacher: Any, student: nn.Module) -> None:
+    """Refuse a teacher that cannot serve: not a model, weights on the meta device, or weights the student uses."""
+    if isinstance(teacher, (str, os.PathLike)):
+        return
+    if not isinstance(teacher, nn.Module):
+        raise TypeError(
+            f"teacher_model is a {type(teacher).__name__}, not a model. Pass an nn.Module (e.g. "
+            "AutoModelForCausalLM.from_pretrained(...)), a hub name or local path, or teacher_cache= for a cache."
+        )
+    on_meta = [name for name, p in teacher.named_parameters() if p.device.type == "meta"]
+    if on_meta:
+        raise ValueError(
+            f"The teacher has {len(on_meta)} parameter(s) on the meta device (first: {on_meta[0]}): they have no "
+            "values to compute with (a model built under init_empty_weights or loaded with device_map='meta'). "
+            "Load the teacher with its weights, e.g. from_pretrained(name) without an empty-weights context."
+        )
+    student_tensors = {
+        p.data_ptr(): name for name, p in student.named_parameters() if p.device.type != "meta"
+    }
+    shared = [
+        (name, student_tensors[p.data_ptr()])
+        for name, p in teacher.named_parameters()
+        if p.data_ptr() in student_tensors
+    ]
+    if shared:
+        teacher_name, student_name = shared[0]
+        raise ValueError(
+            f"The teacher shares {len(shared)} parameter(s) with the student (teacher {teacher_name} is student "
+            f"{student_name}). Freezing the teacher would silently stop those from training in the student, and "
+            "training the student would change the teacher. Give the student its own copy: "
+            "copy.deepcopy(teacher) before building the student, or clone the shared modules."
+        )
+
+
 def load_teacher(
     teacher: nn.Module | str, student: nn.Module, task: str, init_kwargs: dict[str, Any] | None
 ) -> nn.Module:
     """Return the teacher, loading it with the student's task class and dtype when given as a name or path."""
-    if not isinstance(teacher, str):
+    if not isinstance(teacher, (str, os.PathLike)):
         return teacher
     kwargs = dict(init_kwargs or {})
     if "dtype" not in kwargs and "torch_dtype" not in kwargs:
@@ -77,7 +112,14 @@ def load_teacher(
         num_labels = output_size(student, task)
         if num_labels is not None:
             kwargs["num_labels"] = num_labels
-    return _TASK_AUTO_CLASSES[task].from_pretrained(teacher, **kwargs)
+    try:
+        return _TASK_AUTO_CLASSES[task].from_pretrained(teacher, **kwargs)
+    except OSError as error:
+        raise OSError(
+            f"Could not load the teacher {str(teacher)!r} as a {task} model: {str(error).rstrip('.')}. Check the "
+            "name or path; "
+            "with HF_HUB_OFFLINE=1 (or no network) only models already in the local cache or on disk load."
+        ) from error
 
 
 def freeze(teacher: nn.Module) -> nn.Module:

@@ -22,9 +22,12 @@ from hf_enhance.distillation.cache import (
 )
 from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_logits, plain_lm_head
+from hf_enhance.distillation.hidden_trainer import HIDDEN_PROJECTIONS_NAME as HIDDEN_PROJECTIONS_NAME
+from hf_enhance.distillation.hidden_trainer import HiddenStateDistillation
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.teacher import (
+    check_teacher,
     detect_task,
     freeze,
     load_teacher,
@@ -68,7 +71,7 @@ def _joined_with_caches(
     return cache
 
 
-class DistillationTrainer(EnhancedTrainer):
+class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
     """Trains `model` (the student) on alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(labels).
 
     Takes every `transformers.Trainer` argument plus `teacher_model` (a model, or a name/path loaded with the
@@ -79,6 +82,13 @@ class DistillationTrainer(EnhancedTrainer):
 
     Causal LMs are shifted internally (logits[:, :-1] against labels[:, 1:]); classification compares `[B, C]`
     logits with `[B]` labels. `kd_loss` and `ce_loss` are logged next to `loss`.
+
+    With `hidden_weight > 0` the loss adds hidden_weight · hidden_loss: the distance (`hidden_distance`) between
+    the output of each student block i and of teacher block `hidden_layer_map[i]`, over the tokens the KD term
+    uses (padding excluded), captured by forward hooks during the forwards that already run. When the widths
+    differ, `hidden_projections` (one `nn.Linear(student_width, teacher_width, bias=False)` per student block)
+    bridge them: they train with the student, are saved in Trainer checkpoints (`hidden_projections.safetensors`)
+    and restored on resume, and never enter the saved student. `hidden_loss` is logged next to `kd_loss`.
     """
 
     args: DistillationTrainingArguments
@@ -111,6 +121,14 @@ class DistillationTrainer(EnhancedTrainer):
                 "teacher_model is the same object as model. The teacher must be a separate, frozen network: "
                 "training the student would change the teacher too. Load or copy the teacher separately "
                 "(e.g. copy.deepcopy(model) before training)."
+            )
+        if teacher_model is not None:
+            check_teacher(teacher_model, model)
+        if teacher_cache is not None and args.hidden_weight > 0:
+            raise ValueError(
+                f"hidden_weight={args.hidden_weight} compares the student's block outputs with the teacher's, but "
+                "teacher_cache= holds only the teacher's top-k log-probabilities, no hidden states. Pass the "
+                "teacher as teacher_model= (run online) for hidden-state distillation, or set hidden_weight=0."
             )
         task = args.distillation_task if args.distillation_task != "auto" else detect_task(model)
         if teacher_cache is not None:
@@ -150,6 +168,8 @@ class DistillationTrainer(EnhancedTrainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+        self._component_steps: set[int] = set()
+        self._set_up_hidden_distillation(model)
 
     def _place_teacher(self, teacher: nn.Module) -> nn.Module:
         """Put the teacher on this rank's device unless it is already spread over devices (`device_map`)."""
@@ -203,29 +223,40 @@ class DistillationTrainer(EnhancedTrainer):
                 "pure distillation."
             )
         cached = {name: inputs.pop(name) for name in CACHE_BATCH_KEYS if name in inputs}
-        if cached:
-            result, outputs = self._cached_objective(model, inputs, labels, cached)
-        elif self.teacher_model is None:
+        if not cached and self.teacher_model is None:
             raise ValueError(
                 "This batch has no teacher-cache entries and the trainer has no teacher_model (it was built "
                 "with teacher_cache=). Join the data with its cache first: with_teacher_cache(dataset, cache)."
             )
-        elif (
-            model.training
+        fused = (
+            not cached
+            and model.training
             and self._predicted_tokens(inputs) > self.args.fused_chunk_size
             and self._fused_ready(model, inputs)
-        ):
-            result, outputs = self._fused_objective(model, inputs, labels), None
-        else:
-            result, outputs = self._logit_objective(model, inputs, labels)
-        self._record(result.kd_loss, result.ce_loss)
-        loss = result.loss
+        )
+        with self._block_outputs() as block_outputs:
+            if cached:
+                result, outputs = self._cached_objective(model, inputs, labels, cached)
+            elif fused:
+                result, outputs = self._fused_objective(model, inputs, labels), None
+            else:
+                result, outputs = self._logit_objective(model, inputs, labels)
+        hidden = None if block_outputs is None else self._hidden_term(*block_outputs, inputs, labels)
+        # What this micro-batch's means are multiplied by in the loss Trainer sums over the optimizer step (and
+        # averages over processes): the logged components get the same weights, so they add up to `loss`.
         if num_items_in_batch is not None:
             # Means over this micro-batch become sums over the whole (accumulated, all-device) batch.
-            loss = loss * result.num_tokens / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
+            weight = result.num_tokens / num_items_in_batch
+            processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
+        else:
+            weight, processes = 1.0, 1
+        loss = result.loss * weight
+        share = None
+        if hidden is not None:
+            share = self._hidden_share(*hidden, result.num_tokens, num_items_in_batch)
+            loss = loss + self.args.hidden_weight * share
+        self._record(result, share, weight, processes, num_items_in_batch is None)
+        return (loss * processes, outputs) if return_outputs else loss * processes
 
     def _logit_objective(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None
@@ -315,13 +346,14 @@ class DistillationTrainer(EnhancedTrainer):
         if not self.args.fused_loss or self.distillation_task != "causal_lm":
             return False
         reason = None
+        mixed = self.args.bf16 or self.args.fp16
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
             reason = "FSDP/DeepSpeed shard the LM head, whose full weight the fused loss reads"
         elif plain_lm_head(self._student_base(model)) is None or plain_lm_head(self.teacher_model) is None:
             reason = "a model's head is not a plain nn.Linear (adapted, custom) or its config post-processes logits"
         elif not (
-            hidden_states_match_logits(model, self._student_base(model), inputs)
-            and hidden_states_match_logits(self.teacher_model, self.teacher_model, inputs)
+            hidden_states_match_logits(model, self._student_base(model), inputs, mixed)
+            and hidden_states_match_logits(self.teacher_model, self.teacher_model, inputs, mixed)
         ):
             reason = "head(final hidden states) does not reproduce a model's logits"
         if reason is not None:
@@ -332,24 +364,54 @@ class DistillationTrainer(EnhancedTrainer):
             )
         return reason is None
 
-    def _record(self, kd_loss: torch.Tensor, ce_loss: torch.Tensor | None) -> None:
-        logs = self._component_logs["train" if self.model.training else "eval"]
-        logs["kd_loss"].append(kd_loss.detach())
-        if ce_loss is not None:
-            logs["ce_loss"].append(ce_loss.detach())
+    def _record(
+        self,
+        result: DistillationOutput,
+        hidden_share: torch.Tensor | None,
+        weight: torch.Tensor | float,
+        processes: int,
+        step_mean: bool,
+    ) -> None:
+        """Keep this micro-batch's terms for the next log.
+
+        In training, weighted exactly as in the step's loss (`weight`, times the process count that Trainer's
+        average over processes divides out; without a token count Trainer divides by the accumulation steps),
+        so the logged kd_loss, ce_loss and hidden_loss add up to the logged loss. In evaluation, plain means.
+        """
+        training = self.model.training
+        logs = self._component_logs["train" if training else "eval"]
+        # Set by Trainer for each optimizer step; absent when compute_loss is called outside train().
+        divisor = getattr(self, "current_gradient_accumulation_steps", 1) if step_mean else 1
+        if training:
+            weight = weight * processes / divisor
+            self._component_steps.add(self.state.global_step)
+        terms = {"kd_loss": result.kd_loss * weight, "ce_loss": None, "hidden_loss": None}
+        if result.ce_loss is not None:
+            terms["ce_loss"] = result.ce_loss * weight
+        if hidden_share is not None:
+            scale = processes / divisor
+            terms["hidden_loss"] = hidden_share * (scale if training else 1)
+        for name, value in terms.items():
+            if value is not None:
+                logs[name].append(torch.as_tensor(value).detach().float())
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         self._component_logs["eval"].clear()
         return super().evaluation_loop(*args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean kd_loss / ce_loss since the last log (averaged over processes) next to `loss`."""
+        """Add the mean kd_loss / ce_loss / hidden_loss since the last log (averaged over processes) next to `loss`."""
         prefix = next((key[: -len("loss")] for key in logs if key.endswith("_loss")), None)
         mode, prefix = ("train", "") if "loss" in logs else ("eval", prefix)
         pending = self._component_logs[mode]
         if prefix is not None and pending:
+            steps = max(len(self._component_steps), 1)  # optimizer steps the pending values come from
             for name, values in pending.items():
-                mean = torch.stack(values).mean().to(self.accelerator.device)
-                logs[f"{prefix}{name}"] = round(self.accelerator.reduce(mean, reduction="mean").item(), 6)
+                stacked = torch.stack(values)
+                value = stacked.sum() / steps if mode == "train" else stacked.mean()
+                value = self.accelerator.reduce(value.to(self.accelerator.device), reduction="mean")
+                logs[f"{prefix}{name}"] = round(value.item(), 6)
             pending.clear()
+        if mode == "train":
+            self._component_steps.clear()
         super().log(logs, start_time)

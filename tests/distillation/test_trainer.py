@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from hf_enhance import DistillationTrainer, DistillationTrainingArguments
 from tests.tiny import (
+    PLAIN_SGD,
     GRUClassifier,
     classification_dataset,
     lm_dataset,
@@ -20,25 +21,9 @@ from tests.tiny import (
     tiny_bert_classifier,
     tiny_gpt2,
 )
-
-
-def make_args(tmp_path: Path, **overrides: Any) -> DistillationTrainingArguments:
-    settings: dict[str, Any] = {
-        "output_dir": str(tmp_path / "out"),
-        "max_steps": 4,
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "report_to": "none",
-        "use_cpu": True,
-        "eval_strategy": "no",
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "seed": 0,
-    }
-    settings.update(overrides)
-    return DistillationTrainingArguments(**settings)
+from tests.tiny import (
+    distillation_args as make_args,
+)
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -105,11 +90,8 @@ def _one_step_update(tmp_path: Path, batch_size: int, accumulation: int) -> dict
         max_steps=1,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=accumulation,
-        optim="sgd",
         learning_rate=1.0,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        weight_decay=0.0,
+        **PLAIN_SGD,
     )
     trainer = DistillationTrainer(
         model=student,
@@ -420,6 +402,20 @@ def test_fused_falls_back_with_a_warning_for_an_adapted_head(tmp_path: Path, cap
     assert "distilling on materialised logits instead" in caplog.text
 
 
+def test_fused_objective_runs_under_bf16_autocast(tmp_path: Path) -> None:
+    """accelerate wraps the forward in autocast: its float32 logits carry bf16 rounding, still the fused path."""
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(seed=0),
+        teacher_model=tiny_gpt2(seed=1),
+        args=make_args(tmp_path, max_steps=1, fused_chunk_size=4, bf16=True),
+        train_dataset=lm_dataset(4),
+        data_collator=pad_collator,
+    )
+    trainer.train()
+    assert trainer._fused is True
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
 def test_micro_batches_within_one_chunk_use_the_logits(tmp_path: Path) -> None:
     """Chunking a batch that fits in one chunk would only add the [V, H] gradient buffer: logits are used."""
     trainer = DistillationTrainer(
@@ -484,3 +480,55 @@ def test_teacher_cache_misuse_is_refused(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError, match="other tokens than the row"):
         DistillationTrainer(teacher_cache=cache, train_dataset=lm_dataset(4, seed=9), **common)
+
+
+@pytest.mark.parametrize("hidden_weight", [0.0, 0.5])
+def test_logged_components_add_up_to_the_loss_under_accumulation(
+    tmp_path: Path, hidden_weight: float
+) -> None:
+    """Micro-batches of different token counts: components weighted like the loss, not plain means."""
+    trainer = DistillationTrainer(
+        model=tiny_gpt2(seed=0),
+        teacher_model=tiny_gpt2(seed=1),
+        args=make_args(
+            tmp_path,
+            max_steps=4,
+            per_device_train_batch_size=1,
+            gradient_accumulation_steps=3,
+            logging_steps=2,
+            alpha=0.3,
+            hidden_weight=hidden_weight,
+            fused_loss=False,
+        ),
+        train_dataset=lm_dataset(12, min_len=2, max_len=40),
+        data_collator=pad_collator,
+    )
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2
+    for log in logs:
+        total = 0.3 * log["kd_loss"] + 0.7 * log["ce_loss"] + hidden_weight * log.get("hidden_loss", 0.0)
+        assert total == pytest.approx(log["loss"], rel=2e-4)
+
+
+def test_teachers_that_cannot_serve_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    student = tiny_gpt2(seed=0)
+    common = {"args": make_args(tmp_path), "train_dataset": lm_dataset(4), "data_collator": pad_collator}
+    with pytest.raises(TypeError, match="teacher_model is a dict, not a model"):
+        DistillationTrainer(model=student, teacher_model={"weights": 1}, **common)
+    with torch.device("meta"):
+        meta_teacher = tiny_gpt2(seed=1)
+    with pytest.raises(ValueError, match="on the meta device"):
+        DistillationTrainer(model=student, teacher_model=meta_teacher, **common)
+    sharing = tiny_gpt2(seed=1)
+    sharing.transformer.wte = student.transformer.wte  # the teacher borrows the student's embeddings
+    with pytest.raises(
+        ValueError, match=r"shares .* parameter\(s\) with the student .*transformer\.wte\.weight"
+    ):
+        DistillationTrainer(model=student, teacher_model=sharing, **common)
+    assert student.transformer.wte.weight.requires_grad  # refused before anything was frozen
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(
+        OSError, match=r"(?s)Could not load the teacher 'no-such-org/no-such-model'.*HF_HUB_OFFLINE"
+    ):
+        DistillationTrainer(model=student, teacher_model="no-such-org/no-such-model", **common)

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,13 +82,31 @@ def test_teacher_text_path_writes_a_reloadable_student_results_and_curves(
     assert (output_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((cache_dir / "teacher_texts").glob("*.json"))) == 1
     assert results["data"]["source"] == "text sampled from the teacher"
-    assert results["steps"] == {"distilled": 4, "ce_only": 4}
+    assert results["steps"] == {"distilled": 4, "ce_only": 4, "fresh": 4}
     ppl = results["perplexity"]
+    assert set(ppl) == {"teacher", "before", "distilled", "ce_only", "fresh_before", "fresh"}
+    assert ppl["teacher"] == results["teacher"]["perplexity"]
     assert all(math.isfinite(value) for value in ppl.values())
-    assert ppl["distilled"] < ppl["before"] and ppl["ce_only"] < ppl["before"]
+    assert (
+        ppl["distilled"] < ppl["before"]
+        and ppl["ce_only"] < ppl["before"]
+        and ppl["fresh"] < ppl["fresh_before"]
+    )
     assert results["student"]["parameters"] < results["teacher"]["parameters"]
+    # The student is the teacher's class with one of its two layers, chosen on calibration blocks.
+    built = results["student"]["built_from_teacher"]
+    assert results["student"]["init"] == "teacher" and len(built["layers"]) == 1
+    assert built["layer_strategy"] == "skip_divergence" and built["calibration"]["batches"] >= 1
+    assert set(results["log_history"]) == {
+        "distilled (alpha=0.5)",
+        "CE only (alpha=0)",
+        "fresh start, distilled",
+    }
 
     student = AutoModelForCausalLM.from_pretrained(output_dir)
+    assert type(student).__name__ == "GPT2LMHeadModel" and student.config.num_hidden_layers == 1
+    assert student.config.resid_pdrop == 0.0  # --student_dropout (0) replaced the teacher's 0.1
+    assert student.config.hf_enhance_student["layers"] == built["layers"]
     tokenizer = AutoTokenizer.from_pretrained(output_dir)
     teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     assert student.config.vocab_size == len(tokenizer) == len(teacher_tokenizer)
@@ -175,7 +194,15 @@ def test_defaults_need_no_flags() -> None:
         (["--train_file", "{missing}"], FileNotFoundError, "does not exist"),
         (["--train_file", "{bad_suffix}"], ValueError, "unsupported extension"),
         (["--block_size", "1"], ValueError, "block needs >= 2 tokens"),
-        (["--student_hidden", "30", "--student_heads", "4"], ValueError, "not divisible"),
+        (
+            ["--student_init", "fresh", "--student_hidden", "30", "--student_heads", "4"],
+            ValueError,
+            "not divisible",
+        ),
+        (["--student_init", "fresh", "--student_intermediate_size", "8"], ValueError, "fresh GPT-2 has 4 x"),
+        (["--student", "{train}", "--student_layers", "2"], ValueError, "Pass one or the other"),
+        (["--student_layers", "0"], ValueError, "--student_layers 0 must be >= 1"),
+        (["--calibration_blocks", "0"], ValueError, "--calibration_blocks 0 must be >= 1"),
         (["--validation_split_percentage", "0"], ValueError, r"must be in \(0, 100\)"),
         (["--max_train_samples", "0"], ValueError, "must be >= 1"),
     ],
@@ -211,6 +238,27 @@ def test_bad_data_is_reported_with_the_fix(teacher_dir: Path, tmp_path: Path) ->
         )
 
 
+def test_fresh_init_trains_a_small_gpt2_and_skips_the_fresh_baseline(
+    teacher_dir: Path, tmp_path: Path
+) -> None:
+    argv = tiny_flags(
+        teacher_dir,
+        tmp_path / "out",
+        tmp_path / "cache",
+        prompts_file=write_prompts(tmp_path),
+        student_init="fresh",
+        student_hidden=16,
+        student_heads=2,
+        max_steps=2,
+        ce_baseline=False,
+    )
+    results = distill_gpt2.main(argv)
+    assert results["student"]["init"] == "fresh" and results["student"]["built_from_teacher"] == {}
+    assert results["student"]["config"]["hidden_size"] == 16
+    assert set(results["perplexity"]) == {"teacher", "before", "distilled"}
+    assert not hasattr(AutoModelForCausalLM.from_pretrained(tmp_path / "out").config, "hf_enhance_student")
+
+
 def test_gguf_teacher_loads_as_a_plain_castable_trainable_model(gguf_teacher: Path, tmp_path: Path) -> None:
     """transformers marks a GGUF model as quantized (Trainer refuses it); load_causal_lm clears the marker."""
     model, tokenizer = lm_utils.load_causal_lm(str(gguf_teacher), torch.bfloat16)
@@ -222,7 +270,7 @@ def test_gguf_teacher_loads_as_a_plain_castable_trainable_model(gguf_teacher: Pa
 
 
 def test_gguf_teacher_with_a_chat_template_takes_the_default_path(gguf_teacher: Path, tmp_path: Path) -> None:
-    """The embedded-default path on a tiny GGUF: prompts wrapped in the chat template, dtype auto, GPT-2 student."""
+    """The embedded-default path on a tiny GGUF: prompts wrapped in the chat template, dtype auto, Llama student."""
     output_dir = tmp_path / "out"
     argv = tiny_flags(
         gguf_teacher,
@@ -237,12 +285,41 @@ def test_gguf_teacher_with_a_chat_template_takes_the_default_path(gguf_teacher: 
     cached = json.loads(next((tmp_path / "cache" / "teacher_texts").glob("*.json")).read_text())
     assert cached["settings"]["generation"]["chat_template"] is True
     student = AutoModelForCausalLM.from_pretrained(output_dir)
-    assert type(student).__name__ == "GPT2LMHeadModel" and student.config.vocab_size == 320
+    assert type(student).__name__ == "LlamaForCausalLM" and student.config.vocab_size == 320
+    assert student.config.num_hidden_layers == 1 and student.dtype == torch.float32
     assert results["teacher"]["parameters"] > results["student"]["parameters"]
     assert results["perplexity"]["distilled"] < results["perplexity"]["before"]
     assert perplexity_of(student, eval_blocks(argv)) == pytest.approx(
         results["perplexity"]["distilled"], rel=1e-4
     )
+
+
+def test_bf16_autocast_on_a_cpu_that_computes_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(distill_gpt2, "_accelerator_available", lambda: False)
+    monkeypatch.setattr(distill_gpt2, "resolve_dtype", lambda name, device: torch.bfloat16)
+    _, training_args = distill_gpt2.parse_arguments([])
+    assert training_args.bf16 and training_args.use_cpu
+    _, training_args = distill_gpt2.parse_arguments(["--bf16_on_cpu", "false"])
+    assert not training_args.bf16
+    monkeypatch.setattr(distill_gpt2, "resolve_dtype", lambda name, device: torch.float32)
+    _, training_args = distill_gpt2.parse_arguments([])
+    assert not training_args.bf16
+
+
+def test_a_cpu_process_pinned_to_one_thread_gets_its_share_of_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`accelerate launch` without a config sets OMP_NUM_THREADS=1; the script takes back the idle cores."""
+    _, training_args = distill_gpt2.parse_arguments(["--use_cpu", "true"])
+    monkeypatch.setattr(distill_gpt2.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        distill_gpt2.use_cpu_cores(training_args)
+        assert torch.get_num_threads() == 2  # 4 cores shared by 2 processes
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_missing_embedded_teacher_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,7 +336,7 @@ requires_smollm2 = pytest.mark.skipif(
 
 @pytest.mark.slow
 @requires_smollm2
-def test_embedded_smollm2_teacher_distils_into_a_gpt2_over_its_vocabulary(tmp_path: Path) -> None:
+def test_embedded_smollm2_teacher_distils_into_a_student_built_from_it(tmp_path: Path) -> None:
     """The bare command's path with SmolLM2-135M-Instruct, cut to two prompts and two steps."""
     argv = tiny_flags(
         None,
@@ -269,13 +346,17 @@ def test_embedded_smollm2_teacher_distils_into_a_gpt2_over_its_vocabulary(tmp_pa
         validation_split_percentage=50,
         generation_max_new_tokens=40,
         max_steps=2,
+        learning_rate=5e-5,  # two steps at the default 6e-4 without warm-up jolt the pruned weights
         teacher_dtype="auto",
+        student_layers=None,  # the embedded default: 20 layers, MLP width 1000
     )
     results = distill_gpt2.main(argv)
 
     assert results["teacher"]["parameters"] == 134_515_008
+    assert results["student"]["parameters"] <= 0.6 * results["teacher"]["parameters"]
     student = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
-    assert type(student).__name__ == "GPT2LMHeadModel"
+    assert type(student).__name__ == "LlamaForCausalLM"
+    assert (student.config.num_hidden_layers, student.config.intermediate_size) == (20, 1000)
     assert student.config.vocab_size == 49152
     ppl = results["perplexity"]
     assert results["teacher"]["perplexity"] < ppl["distilled"] < ppl["before"]
@@ -339,3 +420,26 @@ def test_two_processes_train_the_same_student_as_one_on_the_same_global_batch(
     weights = load_file(str(tmp_path / "one" / "model.safetensors"))
     for name, tensor in load_file(str(two / "model.safetensors")).items():
         torch.testing.assert_close(tensor, weights[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--alpha", "5"], r"alpha=5\.0 is outside \[0, 1\]"),
+        (["--train_file", "{tmp}/missing.txt"], "missing.txt does not exist"),
+        (["--teacher", "{tmp}/missing.gguf"], "GGUF file .*missing.gguf does not exist"),
+        (["--output_dir", "{tmp}/a_file/out"], "is not a folder this run can write to"),
+    ],
+)
+def test_the_script_reports_bad_flags_like_argparse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        distill_gpt2.main(
+            ["--output_dir", str(tmp_path / "out"), *(flag.format(tmp=tmp_path) for flag in flags)]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and re.search(f"distill_gpt2.py: error: .*{message}", err)
+    assert "Traceback" not in err

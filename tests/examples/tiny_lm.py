@@ -73,8 +73,8 @@ def tiny_flags(teacher: Path, output_dir: Path, cache_dir: Path, **overrides: ob
         "teacher": teacher,
         "teacher_dtype": "float32",
         "student_layers": 1,
-        "student_hidden": 16,
-        "student_heads": 2,
+        "calibration_blocks": 4,
+        "bf16_on_cpu": False,  # exact float32 numerics: the tests compare runs to 1e-5
         "block_size": 16,
         "generation_max_new_tokens": 24,
         "validation_split_percentage": 34,
