@@ -37,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hf_enhance.distillation.teacher import logits_of, output_size
+from hf_enhance.files import write_json_atomically
 
 __all__ = [
     "TEACHER_CACHE_COLUMNS",
@@ -165,7 +166,12 @@ def load_teacher_cache(output_dir: str | os.PathLike[str]) -> TeacherLogitCache:
         raise FileNotFoundError(
             f"{output} holds no teacher cache ({METADATA_FILE} is missing). Build one with cache_teacher_logits."
         )
-    settings = json.loads(metadata_path.read_text())
+    settings = _read_metadata(metadata_path)
+    if settings is None:
+        raise ValueError(
+            f"{metadata_path} is damaged (not complete JSON): writing it was interrupted. Rerun "
+            "cache_teacher_logits with the same arguments: it rebuilds a damaged cache."
+        )
     num_shards = math.ceil(settings["num_rows"] / settings["shard_size"])
     paths = [_shard_path(output, shard) for shard in range(num_shards)]
     missing = [path.name for path in paths if not path.exists()]
@@ -325,8 +331,17 @@ def _check_cache_arguments(
 def _start_or_resume(output: Path, settings: dict[str, Any]) -> None:
     """Write the settings on a fresh directory; on an existing cache, refuse if they differ."""
     metadata_path = output / METADATA_FILE
+    if metadata_path.exists() and _read_metadata(metadata_path) is None:
+        logger.warning(
+            "%s is damaged (an interrupted write): its shards cannot be matched to settings, so the cache in %s is "
+            "rebuilt from scratch.",
+            metadata_path,
+            output,
+        )
+        for stale in [metadata_path, *output.glob("shard-*.arrow*")]:
+            stale.unlink()
     if metadata_path.exists():
-        stored = json.loads(metadata_path.read_text())
+        stored = _read_metadata(metadata_path) or {}
         changed = {
             key: (stored.get(key), value) for key, value in settings.items() if stored.get(key) != value
         }
@@ -343,7 +358,16 @@ def _start_or_resume(output: Path, settings: dict[str, Any]) -> None:
             "other files are mixed with (or overwritten by) the cache."
         )
     output.mkdir(parents=True, exist_ok=True)
-    metadata_path.write_text(json.dumps(settings, indent=2))
+    write_json_atomically(metadata_path, settings)
+
+
+def _read_metadata(path: Path) -> dict[str, Any] | None:
+    """The cache's settings, or None when the file is damaged (cut short by a kill before writes were atomic)."""
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return settings if isinstance(settings, dict) else None
 
 
 def _shard_path(output: Path, shard: int) -> Path:

@@ -21,6 +21,8 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
+from hf_enhance.files import write_json_atomically
+
 __all__ = ["generate_teacher_texts", "teacher_texts_cache_file"]
 
 logger = logging.getLogger(__name__)
@@ -197,11 +199,16 @@ def generate_teacher_texts(
     settings = _settings(teacher, tokenizer, prompts, generation)
     cache_file = None if cache_dir is None else teacher_texts_cache_file(cache_dir, settings)
     if cache_file is not None and cache_file.exists() and not refresh:
-        cached = json.loads(cache_file.read_text(encoding="utf-8"))
-        if cached.get("settings") == settings:
+        try:
+            cached = json.loads(cache_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            cached = None
+            logger.warning("Cache file %s is damaged (an interrupted write); generating again.", cache_file)
+        if isinstance(cached, dict) and cached.get("settings") == settings:
             logger.info("Read %d teacher texts from %s", len(cached["records"]), cache_file)
             return Dataset.from_list(cached["records"])
-        logger.warning("Cache file %s was written for other settings; generating again.", cache_file)
+        if cached is not None:
+            logger.warning("Cache file %s was written for other settings; generating again.", cache_file)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
@@ -222,9 +229,6 @@ def generate_teacher_texts(
         teacher.train(was_training)
     records = [{"prompt": prompt, "text": text} for prompt, text in zip(repeated, texts, strict=True)]
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"settings": settings, "records": records}, indent=1), encoding="utf-8")
-        partial.replace(cache_file)
+        write_json_atomically(cache_file, {"settings": settings, "records": records}, indent=1)
         logger.info("Wrote %d teacher texts to %s", len(records), cache_file)
     return Dataset.from_list(records)

@@ -24,6 +24,7 @@ from hf_enhance.distillation.losses import (
     DistillationOutput,
     DivergenceKind,
     check_distillation_settings,
+    check_label_ids,
 )
 
 DEFAULT_CHUNK_SIZE = 256
@@ -81,6 +82,7 @@ def fused_distillation_loss(
         teacher_head_bias,
         labels,
         chunk_size,
+        ignore_index,
     )
     flat_student = student_hidden.reshape(-1, hidden_size[0])
     flat_teacher = teacher_hidden.detach().reshape(-1, hidden_size[1])
@@ -262,6 +264,11 @@ def _divergence_and_grad(
     s = F.log_softmax(student_logits * inv_t if temperature != 1.0 else student_logits, dim=-1)
     t = F.log_softmax(teacher_logits * inv_t if temperature != 1.0 else teacher_logits, dim=-1)
     label_log_probs = s.gather(1, labels) if labels is not None and temperature == 1.0 else None
+    # Zero probabilities (-inf logits: masked tokens, a -inf head bias) contribute 0 · log 0 = 0: floored at the
+    # lowest finite float, exp() is still 0 and 0 · (finite) stays 0 instead of NaN (as in `divergence`).
+    floor = torch.finfo(s.dtype).min
+    s.clamp_(min=floor)
+    t.clamp_(min=floor)
     needs_grad = grad_scale is not None
     grad = None
     if kind == "forward_kl":
@@ -299,6 +306,7 @@ def _check_inputs(
     teacher_bias: torch.Tensor | None,
     labels: torch.Tensor | None,
     chunk_size: int,
+    ignore_index: int,
 ) -> tuple[int, int]:
     """Shape checks with errors that say what to pass instead; returns the two hidden sizes."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
@@ -345,4 +353,6 @@ def _check_inputs(
             f"{tuple(student_hidden.shape[:-1])}. Pass labels aligned with the hidden states (for causal LMs: "
             "hidden[:, :-1] against labels[:, 1:])."
         )
+    if labels is not None:
+        check_label_ids(labels[labels != ignore_index], student_weight.shape[0])
     return student_hidden.shape[-1], teacher_hidden.shape[-1]

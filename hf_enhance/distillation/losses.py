@@ -29,6 +29,12 @@ class DistillationOutput:
 
 def check_distillation_settings(alpha: float, temperature: float, kind: str, beta: float) -> None:
     """Raise a ValueError that says what is wrong and how to fix it for out-of-range settings."""
+    for name, value in (("alpha", alpha), ("temperature", temperature), ("beta", beta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(
+                f"{name}={value!r} is a {type(value).__name__}; it must be a number (e.g. alpha=0.5, "
+                "temperature=2.0, beta=0.5). Pass a float, not a string or None."
+            )
     if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
         raise ValueError(
             f"alpha={alpha} is outside [0, 1]. alpha weighs the distillation term against the label loss "
@@ -47,6 +53,24 @@ def check_distillation_settings(alpha: float, temperature: float, kind: str, bet
         raise ValueError(
             f"beta={beta} is outside [0, 1]. It interpolates the JSD mixture M = beta * p_teacher + "
             "(1 - beta) * p_student; 0 gives forward KL, 1 gives reverse KL."
+        )
+
+
+def check_label_ids(labels: torch.Tensor, num_classes: int, what: str = "labels") -> None:
+    """Refuse float labels and ids outside [0, num_classes): CE would fail deep inside torch (on GPU, a device assert)."""
+    if labels.is_floating_point():
+        raise ValueError(
+            f"{what} are {labels.dtype}, but the label term needs integer class or token ids. Convert them "
+            "(labels.long()) or, for soft targets, distil with alpha=1.0 and no labels."
+        )
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"{what} hold id {bad}, outside [0, {num_classes}) of the {num_classes} logits. Check that the labels "
+            "come from this tokenizer or label set, and mark positions to skip with ignore_index (-100)."
         )
 
 
@@ -69,6 +93,13 @@ def divergence(
         kind = "forward_kl"
     elif kind == "jsd" and beta == 1.0:
         kind = "reverse_kl"
+    # A probability of exactly 0 (a -inf logit: a forbidden token or class) contributes 0 · log 0 = 0. Floored at
+    # the lowest finite float, exp() of it is still 0 and the product 0 · (finite) is 0 where kl_div's own
+    # 0 · (-inf) would be NaN. A token the student allows and the teacher forbids keeps reverse KL huge, as it
+    # is (+inf exactly).
+    floor = torch.finfo(student_log_probs.dtype).min
+    student_log_probs = student_log_probs.clamp(min=floor)
+    teacher_log_probs = teacher_log_probs.clamp(min=floor)
     if kind == "forward_kl":
         return F.kl_div(student_log_probs, teacher_log_probs, reduction="none", log_target=True).sum(-1)
     if kind == "reverse_kl":
@@ -127,6 +158,7 @@ def distillation_loss(
             )
         flat_labels = labels.reshape(-1)
         keep = flat_labels != ignore_index
+        check_label_ids(flat_labels[keep], num_classes)
         student, teacher, flat_labels = student[keep], teacher[keep], flat_labels[keep]
     student = student.float()
     num_tokens = torch.tensor(student.shape[0], device=student.device)

@@ -32,6 +32,7 @@ from hf_enhance.distillation.losses import (
     DistillationOutput,
     DivergenceKind,
     check_distillation_settings,
+    check_label_ids,
     distillation_loss,
 )
 
@@ -88,6 +89,16 @@ def sparse_distillation_loss(
         flat_labels = labels.reshape(-1)
         keep &= flat_labels != ignore_index
         flat_labels = flat_labels.masked_fill(~keep, 0)
+    _check_teacher_mass(teacher[keep], residual_logprob, keep)
+    kept_ids = ids[keep]
+    if kept_ids.numel() and (int(kept_ids.min()) < 0 or int(kept_ids.max()) >= vocab_size):
+        raise ValueError(
+            f"topk_ids hold ids outside [0, {vocab_size}) of the student's {vocab_size} logits (range "
+            f"{int(kept_ids.min())}..{int(kept_ids.max())}). The cache was built with another tokenizer or "
+            "vocabulary: rebuild it with the student's tokenizer."
+        )
+    if flat_labels is not None:
+        check_label_ids(flat_labels[keep], vocab_size)
     student_coarse, label_log_probs = _CoarseLogProbs.apply(student, ids, flat_labels)
     teacher_coarse = teacher
     if top_k < vocab_size:
@@ -157,6 +168,36 @@ class _CoarseLogProbs(torch.autograd.Function):
         if labels is not None and grad_labels is not None:
             grad.scatter_add_(1, labels[:, None], grad_labels[:, None])
         return grad.to(ctx.logits_dtype), None, None
+
+
+# Rounding slack of stored log-probabilities (the cache keeps them in float16).
+_MASS_TOLERANCE = 1e-2
+
+
+def _check_teacher_mass(teacher: torch.Tensor, residual: torch.Tensor | None, keep: torch.Tensor) -> None:
+    """Refuse top-k values that are not log-probabilities: NaN, above 0, or more than all the mass together."""
+    if teacher.numel() == 0:
+        return
+    if teacher.isnan().any():
+        raise ValueError(
+            "topk_logprobs holds NaN at positions that count: the cached teacher entries are corrupt. Rebuild "
+            "the cache (cache_teacher_logits with overwrite=True) or mask those positions out."
+        )
+    if (teacher > _MASS_TOLERANCE).any():
+        raise ValueError(
+            f"topk_logprobs holds values up to {teacher.max().item():.4g}, but log-probabilities are at most 0 "
+            "(probability 1): these look like raw logits. Pass torch.log_softmax(teacher_logits, -1) gathered "
+            "at the ids, as cache_teacher_logits stores them."
+        )
+    mass = teacher.exp().sum(-1)
+    if residual is not None:
+        mass = mass + residual.detach().reshape(-1)[keep].float().exp().nan_to_num(nan=0.0)
+    if (mass > 1.0 + _MASS_TOLERANCE).any():
+        raise ValueError(
+            f"The teacher's top-k probabilities (plus the residual) sum to up to {mass.max().item():.4g} at a "
+            "position, more than 1: they are not log-probabilities of one distribution. Pass log_softmax values "
+            "computed at temperature 1 over the whole vocabulary, and residual_logprob = log(1 - their sum)."
+        )
 
 
 def _check_shapes(

@@ -7,7 +7,6 @@ Strength ``k`` multiplies every LoRA update of an adapter: ``W0 + k * scale * B 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+from hf_enhance.files import write_json_atomically
 from hf_enhance.lora.config import lora_metadata
 from hf_enhance.lora.patterns import clean_number
 
@@ -143,5 +143,5 @@ def save_adapter(
         "trained_alpha_pattern": trained.alpha_pattern,
         "lora_config": lora_metadata(trained),
     }
-    (out / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomically(out / METADATA_FILE, record)
     return out

@@ -50,9 +50,22 @@ def switch_adapter(
 def merged_adapter(
     peft_model: PeftModel, adapter_name: str, *, strength: float | None = None
 ) -> Iterator[PeftModel]:
-    """``with merged_adapter(model, "task_a"): ...`` runs with ``task_a`` merged and unmerges on exit."""
-    switch_adapter(peft_model, adapter_name, strength=strength)
+    """``with merged_adapter(model, "task_a"): ...`` runs with ``task_a`` merged.
+
+    On exit, an exception included, the model is as it was before the block: ``task_a`` unmerged and back at its
+    strength, the adapter that was active active again, and the adapters that were merged merged again.
+    """
+    name = lora_adapter_name(peft_model, adapter_name)
+    active = peft_model.active_adapter
+    merged_before = merged_adapters(peft_model)
+    scales = [(layer, dict(layer.scaling)) for layer in adapter_layers(peft_model, name)]
+    switch_adapter(peft_model, name, strength=strength)
     try:
         yield peft_model
     finally:
         peft_model.unmerge_adapter()
+        for layer, scaling in scales:
+            layer.scaling.update(scaling)
+        peft_model.set_adapter(active)
+        if merged_before:
+            peft_model.merge_adapter(merged_before)

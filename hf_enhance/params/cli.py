@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -98,6 +99,15 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, KeyError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a user never gets a traceback; HF_ENHANCE_DEBUG=1 shows it
+        if os.environ.get("HF_ENHANCE_DEBUG"):
+            raise
+        print(
+            f"error: {type(error).__name__}: {error}\nThis input is not checked yet or hit a bug in hf_enhance; "
+            "please report the command line. Rerun with HF_ENHANCE_DEBUG=1 for the traceback.",
+            file=sys.stderr,
+        )
+        return 1
     if args.json:
         print(json.dumps({"arguments": kwargs, **count.to_dict(modules=args.modules)}, indent=2))
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import gc
 import itertools
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import Any
 
 import torch
 from peft import IA3Config, LoraConfig, PeftConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
@@ -251,6 +253,30 @@ def _tensor_groups(model: nn.Module, quantizable: set[int]) -> tuple[TensorGroup
     return tuple(TensorGroup(*key, numel, nf4) for key, (numel, nf4) in sums.items())
 
 
+def _check_lora_values(peft_config: PeftConfig) -> None:
+    alpha = getattr(peft_config, "lora_alpha", None)
+    if isinstance(alpha, (int, float)) and not math.isfinite(alpha):
+        raise ValueError(
+            f"lora_alpha={alpha} is not a finite number: the adapter's output is scaled by alpha / r, so every "
+            "update would be NaN or infinite. Use a finite alpha, e.g. 2 * r."
+        )
+
+
+def _check_lora_ranks(peft_model: nn.Module) -> None:
+    """A rank above a layer's smaller dimension adds parameters but no capacity: refuse it, naming the layer."""
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        smaller = min(module.in_features, module.out_features)
+        for adapter, rank in module.r.items():
+            if rank > smaller:
+                raise ValueError(
+                    f"LoRA rank r={rank} exceeds the smaller dimension ({smaller}) of {name} "
+                    f"({module.in_features} -> {module.out_features}) for adapter {adapter!r}: B @ A has rank at "
+                    f"most {smaller}, so the extra parameters add nothing. Use r <= {smaller} (typical: 4-64)."
+                )
+
+
 def count_parameters(
     model_or_config: nn.Module | PretrainedConfig | str | PathLike,
     *,
@@ -309,8 +335,10 @@ def count_parameters(
             trainable = total = sum(p.numel() for p in model.parameters())
             method = "full"
         else:
+            _check_lora_values(peft_config)
             with torch.device("meta"), no_init_weights():
                 counted = get_peft_model(model, peft_config)
+            _check_lora_ranks(counted)
             trainable, total = counted.get_nb_trainable_parameters()
             method = _METHOD_NAMES.get(peft_config.peft_type.value, str(peft_config.peft_type.value).lower())
         name = model_or_config if isinstance(model_or_config, str) else type(model).__name__

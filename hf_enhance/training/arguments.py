@@ -102,6 +102,14 @@ class EnhancedTrainingArguments(TrainingArguments):
         default=None,
         metadata={"help": "Stop at once when the eval metric is worse than this (e.g. eval_loss above it)."},
     )
+    skip_nonfinite_steps: bool = field(
+        default=True,
+        metadata={
+            "help": "Skip an optimizer step whose gradient norm is NaN/inf: weights and optimizer state stay as "
+            "they were (the learning-rate schedule still advances); skipped steps are counted and logged as "
+            "skipped_steps. Under fp16 the GradScaler already skips them."
+        },
+    )
 
     # ---- gradient clipping ----
     grad_clip_mode: str = field(

@@ -14,7 +14,9 @@ from torch import nn
 from transformers import Trainer
 from transformers.trainer_utils import IntervalStrategy
 
+from hf_enhance.files import write_json_atomically
 from hf_enhance.training.arguments import EnhancedTrainingArguments
+from hf_enhance.training.checkpoints import checkpoint_problem, newest_complete_checkpoint
 from hf_enhance.training.clipping import AdaptiveGradClip
 from hf_enhance.training.early_stopping import EarlyStopping
 
@@ -42,6 +44,12 @@ class EnhancedTrainer(Trainer):
     - with `stop_on_nonfinite`, checks the gradient norm after every optimizer step and logs at once when it is
       NaN/inf, so `EarlyStopping` stops at that step instead of at the next logging step (skipped under fp16,
       where the GradScaler skips overflowing steps by design).
+    - with `skip_nonfinite_steps` (default), never applies a NaN/inf gradient: the step's gradients are dropped
+      before `optimizer.step()`, which then leaves every parameter and its optimizer state untouched. Skipped
+      steps are counted (`skipped_steps`, logged with the loss). Every process sees the same all-reduced norm,
+      so all skip together; under fp16 the GradScaler does this itself;
+    - refuses to save (`save_model`, checkpoints) weights that hold NaN/inf, with an error naming the parameter,
+      so a diverged run never overwrites good files.
 
     With a plain `TrainingArguments` it behaves exactly like `Trainer`.
     """
@@ -63,6 +71,12 @@ class EnhancedTrainer(Trainer):
                 callbacks.append(early_stopping)
             params["callbacks"] = callbacks
         params["args"] = training_args
+        train_dataset = params.get("train_dataset")
+        if train_dataset is not None and hasattr(train_dataset, "__len__") and len(train_dataset) == 0:
+            raise ValueError(
+                "train_dataset is empty: there is nothing to train on. Check the filtering, split or file that "
+                "built it (e.g. every text shorter than one block is dropped when grouping into blocks)."
+            )
         super().__init__(**params)
         if self._enhanced and self.args.grad_clip_mode != "norm" and self.is_deepspeed_enabled:
             raise ValueError(
@@ -70,6 +84,7 @@ class EnhancedTrainer(Trainer):
                 "gradients inside its engine (by norm, from max_grad_norm). Use grad_clip_mode='norm'."
             )
         self._grad_clipper: AdaptiveGradClip | None = None
+        self._skipped_steps = 0
         self._reset_clip_stats()
 
     @property
@@ -88,17 +103,76 @@ class EnhancedTrainer(Trainer):
             None,
         )
 
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if (
+            self._enhanced
+            and self.args.skip_nonfinite_steps
+            and norm is not None
+            and self.accelerator.scaler is None
+            and not self.is_deepspeed_enabled
+            and not math.isfinite(float(norm))
+        ):
+            self._skip_optimizer_step(float(norm))
+        return norm
+
+    def _skip_optimizer_step(self, norm: float) -> None:
+        """Drop this step's gradients: torch optimizers leave a parameter without a gradient, and its state, as is."""
+        for group in self.optimizer.param_groups:
+            for param in group["params"]:
+                param.grad = None
+        self._skipped_steps += 1
+        logger.warning(
+            "Step %d: the gradient norm is %s; the optimizer step is skipped (weights and optimizer state "
+            "unchanged, %d step(s) skipped so far).",
+            self.state.global_step + 1,
+            norm,
+            self._skipped_steps,
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        if self._enhanced:
+            tensors = state_dict.items() if state_dict is not None else self.model.named_parameters()
+            for name, tensor in tensors:
+                if (
+                    tensor.is_floating_point()
+                    and tensor.device.type != "meta"
+                    and not tensor.isfinite().all()
+                ):
+                    bad = int((~tensor.isfinite()).sum())
+                    raise ValueError(
+                        f"Refusing to save to {output_dir or self.args.output_dir}: parameter {name!r} holds "
+                        f"{bad} NaN/inf value(s) of {tensor.numel()}. Saving would replace usable files with "
+                        "a broken model. Earlier checkpoints are kept; lower the learning rate, clip gradients "
+                        "(max_grad_norm), keep skip_nonfinite_steps=True, or check the inputs for NaN/inf."
+                    )
+        super()._save(output_dir, state_dict)
+
     def _reset_clip_stats(self) -> None:
         self._clip_steps = 0
         self._clip_hits = 0
         self._clip_threshold: float | None = None
 
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        """`Trainer.train`, with fresh adaptive-clipping statistics (restored from the checkpoint on resume)."""
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.train`, with fresh adaptive-clipping statistics (restored from the checkpoint on resume).
+
+        ``resume_from_checkpoint=True`` resumes from the newest *complete* checkpoint: one that a kill left
+        half-written is skipped with a log line. A path to an incomplete checkpoint is an error that says why.
+        """
+        if self._enhanced and resume_from_checkpoint is True:
+            resume_from_checkpoint = newest_complete_checkpoint(self.args.output_dir)
+        elif self._enhanced and isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(
+                    f"Cannot resume from {resume_from_checkpoint}: {problem}. Pass another checkpoint, or "
+                    "resume_from_checkpoint=True for the newest complete one."
+                )
         self._grad_clipper = self.args.grad_clipper() if self._enhanced else None
+        self._skipped_steps = 0
         self._reset_clip_stats()
         self._forget_evaluation_prepare()
-        return super().train(*args, **kwargs)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _forget_evaluation_prepare(self) -> None:
         """Undo the mark that an `evaluate()` before `train()` leaves on the bare model.
@@ -157,6 +231,8 @@ class EnhancedTrainer(Trainer):
         super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._skipped_steps and "loss" in logs:
+            logs["skipped_steps"] = self._skipped_steps
         if self._clip_steps and "loss" in logs and "grad_norm" in logs:
             logs["grad_clip_fraction"] = self._clip_hits / self._clip_steps
             if self._clip_threshold is not None and math.isfinite(self._clip_threshold):
@@ -168,8 +244,9 @@ class EnhancedTrainer(Trainer):
     def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
         super()._save_optimizer_and_scheduler(output_dir)
         if self._grad_clipper is not None and self.args.should_save:
-            with open(os.path.join(output_dir, GRAD_CLIP_STATE_NAME), "w") as f:
-                json.dump(self._grad_clipper.state_dict(), f)
+            write_json_atomically(
+                os.path.join(output_dir, GRAD_CLIP_STATE_NAME), self._grad_clipper.state_dict()
+            )
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         super()._load_optimizer_and_scheduler(checkpoint)

@@ -239,3 +239,21 @@ def test_collator_refuses_missing_columns_and_truncation(teacher: nn.Module, tmp
 
     with pytest.raises(ValueError, match="must not truncate"):
         TeacherCacheCollator(truncating)([joined[0], joined[1]])
+
+
+def test_damaged_metadata_is_named_and_a_rerun_rebuilds(
+    teacher: nn.Module, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A metadata file cut short (an interrupted write before writes were atomic) strands no cache."""
+    data = lm_dataset(6)
+    cache_teacher_logits(teacher, data, output_dir=tmp_path / "c", top_k=4, shard_size=3)
+    metadata = tmp_path / "c" / "teacher_cache.json"
+    metadata.write_text(metadata.read_text()[:20])
+    with pytest.raises(ValueError, match=r"teacher_cache\.json is damaged .* Rerun cache_teacher_logits"):
+        load_teacher_cache(tmp_path / "c")
+    with caplog.at_level("WARNING"):
+        rebuilt = cache_teacher_logits(teacher, data, output_dir=tmp_path / "c", top_k=4, shard_size=3)
+    assert "rebuilt from scratch" in caplog.text
+    fresh = cache_teacher_logits(teacher, data, output_dir=tmp_path / "fresh", top_k=4, shard_size=3)
+    assert rebuilt.dataset.to_dict() == fresh.dataset.to_dict()
+    assert load_teacher_cache(tmp_path / "c").num_tokens == fresh.num_tokens

@@ -136,3 +136,19 @@ def test_bad_input_fails_before_sampling(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         generate_teacher_texts(teacher, tokenizer, prompts, **settings)
+
+
+def test_a_damaged_cache_file_is_regenerated(
+    teacher: GPT2LMHeadModel,
+    tokenizer: PreTrainedTokenizerFast,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = generate_teacher_texts(teacher, tokenizer, PROMPTS, max_new_tokens=5, cache_dir=tmp_path)
+    (cache_file,) = (tmp_path / "teacher_texts").glob("*.json")
+    cache_file.write_text(cache_file.read_text()[:30])
+    with caplog.at_level("WARNING"):
+        again = generate_teacher_texts(teacher, tokenizer, PROMPTS, max_new_tokens=5, cache_dir=tmp_path)
+    assert "is damaged" in caplog.text
+    assert again.to_list() == first.to_list()
+    assert json.loads(cache_file.read_text())["records"] == first.to_list()

@@ -165,3 +165,31 @@ def test_shape_mismatch_errors() -> None:
         distillation_loss(torch.randn(2, 3), torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"labels .* do not match"):
         distillation_loss(torch.randn(2, 5, 3), torch.randn(2, 5, 3), torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"alpha": "0.5"}, r"alpha='0\.5' is a str; it must be a number"),
+        ({"temperature": None}, "temperature=None is a NoneType; it must be a number"),
+        ({"beta": True}, "beta=True is a bool"),
+    ],
+)
+def test_settings_that_are_not_numbers_are_named(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        distillation_loss(torch.randn(2, 5), torch.randn(2, 5), torch.tensor([0, 1]), **settings)
+
+
+@pytest.mark.parametrize(
+    "labels,message",
+    [
+        (torch.tensor([0, 5]), r"id 5, outside \[0, 5\)"),
+        (torch.tensor([-3, 1]), r"id -3, outside \[0, 5\)"),
+        (torch.tensor([0.0, 1.0]), "labels are torch.float32, but the label term needs integer"),
+    ],
+)
+def test_labels_outside_the_classes_are_refused(labels: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        distillation_loss(torch.randn(2, 5), torch.randn(2, 5), labels)
+    # ignore_index positions are not checked
+    distillation_loss(torch.randn(2, 5), torch.randn(2, 5), torch.tensor([-100, 4]))

@@ -194,3 +194,40 @@ def test_bad_inputs_raise_clear_errors(change: dict, message: str) -> None:
         sparse_distillation_loss(**inputs)
     with pytest.raises(ValueError, match="temperature"):
         sparse_distillation_loss(torch.randn(4, V), *teacher_topk(torch.randn(4, V), 2), temperature=0.0)
+
+
+@pytest.mark.parametrize(
+    "corrupt,message",
+    [
+        (lambda logprobs, residual: (logprobs.abs() + 0.5, residual), "look like raw logits"),
+        (lambda logprobs, residual: (logprobs.clamp(min=-0.1), residual), "more than 1"),
+        (lambda logprobs, residual: (logprobs, residual.clamp(min=-0.01)), "more than 1"),
+        (lambda logprobs, residual: (logprobs.index_fill(0, torch.tensor([2]), math.nan), residual), "NaN"),
+    ],
+)
+def test_values_that_are_not_log_probabilities_are_refused(corrupt, message: str) -> None:
+    ids, logprobs, residual = teacher_topk(torch.randn(4, V) * 3, 3)
+    logprobs, residual = corrupt(logprobs, residual)
+    with pytest.raises(ValueError, match=message):
+        sparse_distillation_loss(torch.randn(4, V), ids, logprobs, residual)
+    # the same values at a masked position do not count (collators pad positions without an entry)
+    mask = torch.ones(4, dtype=torch.bool)
+    ids, good, good_residual = teacher_topk(torch.randn(4, V), 3)
+    bad_logprobs, bad_residual = corrupt(good, good_residual)
+    mixed = torch.cat([good[:2], bad_logprobs[2:3], good[3:]])
+    mixed_residual = torch.cat([good_residual[:2], bad_residual[2:3], good_residual[3:]])
+    mask[2] = False
+    out = sparse_distillation_loss(torch.randn(4, V), ids, mixed, mixed_residual, mask=mask)
+    assert math.isfinite(out.loss.item())
+
+
+def test_top_k_ids_outside_the_vocabulary_are_refused() -> None:
+    ids, logprobs, residual = teacher_topk(torch.randn(4, V), 2)
+    with pytest.raises(
+        ValueError, match=r"topk_ids hold ids outside \[0, .*rebuild it with the student's tokenizer"
+    ):
+        sparse_distillation_loss(torch.randn(4, V), ids + V, logprobs, residual)
+    with pytest.raises(ValueError, match="outside"):
+        sparse_distillation_loss(
+            torch.randn(4, V), ids, logprobs, residual, labels=torch.tensor([0, 1, 2, V])
+        )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import PeftModel, get_peft_model
 
-from hf_enhance.lora import lora_config, merged_adapter, switch_adapter
+from hf_enhance.lora import get_adapter_strength, lora_config, merged_adapter, switch_adapter
 from hf_enhance.lora.switching import merged_adapters
 from tests.lora.tiny import logits, tiny_config, tiny_model
 
@@ -61,3 +61,31 @@ def test_merged_adapter_context_restores_w0_and_supports_strength() -> None:
 def test_unknown_adapter_lists_loaded_ones() -> None:
     with pytest.raises(ValueError, match=r"Loaded adapters: \['b', 'default'\]"):
         switch_adapter(_two_adapters("llama"), "c")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_merged_adapter_context_puts_everything_back(fail: bool) -> None:
+    """Active adapter, the adapter's strength and an earlier merge are as before the block, also after an error."""
+    peft_model = _two_adapters("llama")
+    peft_model.set_adapter("default")
+    before = logits(peft_model)
+    w0 = _base_weights(peft_model)
+    switch_adapter(peft_model, "default")  # merged before the block
+    merged_weights = _base_weights(peft_model)
+    try:
+        with merged_adapter(peft_model, "b", strength=0.5):
+            assert merged_adapters(peft_model) == ["b"]
+            if fail:
+                raise RuntimeError("inside the block")
+    except RuntimeError:
+        assert fail
+    assert peft_model.active_adapter == "default"
+    assert merged_adapters(peft_model) == ["default"]
+    for key, value in _base_weights(peft_model).items():
+        torch.testing.assert_close(value, merged_weights[key], rtol=0, atol=1e-6, msg=key)
+    torch.testing.assert_close(logits(peft_model), before, rtol=0, atol=1e-5)
+    peft_model.unmerge_adapter()
+    peft_model.set_adapter("b")
+    assert get_adapter_strength(peft_model, "b") == pytest.approx(1.0)  # not left at 0.5
+    for key, value in _base_weights(peft_model).items():
+        torch.testing.assert_close(value, w0[key], rtol=0, atol=1e-6, msg=key)

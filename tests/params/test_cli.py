@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -59,3 +60,36 @@ def test_python_dash_m_entry_point() -> None:
         check=True,
     )
     assert "trainable 688,128 of 355,511,296 parameters (0.194%)" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["-r", "1000000000000"], r"LoRA rank r=1000000000000 exceeds the smaller dimension \(768\)"),
+        (["--lora-alpha", "nan"], "lora_alpha=nan is not a finite number"),
+        (["--lora-alpha", "inf"], "lora_alpha=inf is not a finite number"),
+    ],
+)
+def test_impossible_lora_values_are_errors(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["params", "gpt2", *flags]) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
+
+
+def test_an_unexpected_failure_is_a_message_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hf_enhance.params.cli as cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "count_parameters", broken)
+    assert main(["params", "gpt2"]) == 1
+    err = capsys.readouterr().err
+    assert "RuntimeError: boom" in err and "HF_ENHANCE_DEBUG=1" in err
+    monkeypatch.setenv("HF_ENHANCE_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["params", "gpt2"])

@@ -98,25 +98,83 @@ def test_stops_early_and_ends_with_the_best_checkpoint_weights(tmp_path: Path) -
     assert not all(torch.equal(final[name], last[name]) for name in final)
 
 
-def test_nonfinite_loss_stops_at_that_step(tmp_path: Path) -> None:
-    recorder = GradRecorder()
-    args = make_args(tmp_path, num_train_epochs=3, logging_steps=100)  # no regular log before the NaN
+class WeightRecorder(TrainerCallback):
+    """The model's parameters after every optimizer step, and Adam's first moment of the weight matrix."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+        self.moments: dict[int, torch.Tensor] = {}
+
+    def on_step_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **kwargs: Any
+    ) -> None:
+        self.weights[state.global_step] = {k: v.detach().clone() for k, v in model.named_parameters()}
+        moment = optimizer.state.get(model.linear.weight, {}).get("exp_avg")
+        if moment is not None:
+            self.moments[state.global_step] = moment.clone()
+
+
+def _trained_on_a_nan_row(tmp_path: Path, **overrides: Any) -> tuple[EnhancedTrainer, WeightRecorder]:
+    """3 epochs of 4 steps; the batch holding row 0 (a NaN feature) has a NaN gradient."""
+    recorder = WeightRecorder()
     trainer = EnhancedTrainer(
         model=TinyRegressor(),
-        args=args,
+        args=make_args(tmp_path, num_train_epochs=3, **overrides),
         train_dataset=regression_data(nan_row=0),
         eval_dataset=regression_data(16),
         callbacks=[recorder],
     )
     trainer.train()
-    first_nan_step = min(step for step, norm in recorder.norm.items() if math.isnan(norm))
-    assert trainer.state.global_step == first_nan_step <= 4
+    return trainer, recorder
+
+
+def test_nonfinite_loss_skips_the_step_and_stops_there(tmp_path: Path) -> None:
+    trainer, recorder = _trained_on_a_nan_row(tmp_path, logging_steps=100)  # no regular log before the NaN
     (nan_log,) = [log for log in trainer.state.log_history if "grad_norm" in log]
-    assert math.isnan(nan_log["grad_norm"]) and nan_log["step"] == first_nan_step
-    assert trainer.stop_reason == f"training grad_norm is nan at step {first_nan_step}: stopped at once."
-    # the NaN weights are neither evaluated nor checkpointed, not even by the epoch-end evaluation and save
+    nan_step = nan_log["step"]
+    assert math.isnan(nan_log["grad_norm"]) and nan_log["skipped_steps"] == 1
+    assert trainer.state.global_step == nan_step and 1 < nan_step <= 4
+    assert trainer.stop_reason == f"training grad_norm is nan at step {nan_step}: stopped at once."
+    # the NaN gradient never reached the weights: they are those of the step before, and finite
+    for name, value in recorder.weights[nan_step].items():
+        assert torch.equal(value, recorder.weights[nan_step - 1][name]) and value.isfinite().all(), name
+    # the evaluation and checkpoint at the epoch end are skipped after the stop; saving by hand works
     assert not any("eval_loss" in log for log in trainer.state.log_history)
-    assert not Path(args.output_dir).exists() or not any(Path(args.output_dir).iterdir())
+    trainer.save_model(str(tmp_path / "final"))
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    assert all(tensor.isfinite().all() for tensor in saved.values())
+
+
+def test_training_goes_on_past_skipped_steps_with_weights_and_moments_unchanged(tmp_path: Path) -> None:
+    trainer, recorder = _trained_on_a_nan_row(tmp_path, stop_on_nonfinite=False, save_strategy="no",
+                                              load_best_model_at_end=False, early_stopping_patience=None)  # fmt: skip
+    assert trainer.state.global_step == 12  # one NaN row per epoch: three skipped steps, no stop
+    skipped = [
+        step
+        for step in range(2, 13)
+        if all(
+            torch.equal(recorder.weights[step][k], recorder.weights[step - 1][k])
+            for k in recorder.weights[step]
+        )
+    ]
+    assert len(skipped) == 3  # one per epoch (none at step 1 with this data order)
+    for step in skipped:
+        torch.testing.assert_close(recorder.moments[step], recorder.moments[step - 1], rtol=0, atol=0)
+    assert [log.get("skipped_steps", 0) for log in trainer.state.log_history if "loss" in log][-1] == 3
+    assert all(value.isfinite().all() for value in trainer.model.state_dict().values())
+
+
+def test_saving_nonfinite_weights_is_refused(tmp_path: Path) -> None:
+    args = make_args(tmp_path, num_train_epochs=1, skip_nonfinite_steps=False, stop_on_nonfinite=False,
+                     save_strategy="no", load_best_model_at_end=False, early_stopping_patience=None)  # fmt: skip
+    trainer = EnhancedTrainer(model=TinyRegressor(), args=args, train_dataset=regression_data(nan_row=0))
+    trainer.train()  # nothing skipped: the NaN gradient reaches the weights
+    assert not trainer.model.linear.weight.isfinite().all()
+    with pytest.raises(
+        ValueError, match=r"Refusing to save .*'linear\.weight' holds 4 NaN/inf value\(s\) of 4"
+    ):
+        trainer.save_model(str(tmp_path / "final"))
+    assert not (tmp_path / "final" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("restore_flag", [False, True])
@@ -285,3 +343,10 @@ def test_missing_metric_fails_at_first_evaluation(tmp_path: Path) -> None:
         ValueError, match=r"'eval_accuracy', which is not in the evaluation metrics. Available: \["
     ):
         trainer.train()
+
+
+def test_an_empty_training_set_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        EnhancedTrainer(
+            model=TinyRegressor(), args=make_args(tmp_path), train_dataset=regression_data().select([])
+        )
