@@ -316,7 +316,10 @@ def _check_cache_arguments(
         raise ValueError("The data set is empty: there is nothing to cache.")
     for name, value in (("top_k", top_k), ("batch_size", batch_size), ("shard_size", shard_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}={value!r} must be a positive int.")
+            raise ValueError(
+                f"{name}={value!r} must be a positive int (top_k: token ids kept per position, e.g. 32; "
+                "batch_size: rows per teacher forward; shard_size: rows per cache file)."
+            )
     if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size < top_k):
         raise ValueError(
             f"vocab_size={vocab_size!r} must be an int >= top_k={top_k}: it is the number of logit columns kept "

@@ -393,7 +393,8 @@ def student_from_teacher(
     needs_data = width or (num_layers is not None and layer_strategy != "uniform")
     batches = None
     if needs_data:
-        batches = calibration_batches(calibration, teacher.device, calibration_batch_size)
+        vocab_size = getattr(teacher.config, "vocab_size", None)
+        batches = calibration_batches(calibration, teacher.device, calibration_batch_size, vocab_size)
     was_training = teacher.training
     teacher.eval()
     try:

@@ -60,8 +60,13 @@ def _rows(data: CalibrationData, batch_size: int) -> Iterable[Mapping[str, Any]]
     return data
 
 
-def calibration_batches(data: CalibrationData | None, device: torch.device, batch_size: int = 8) -> Batches:
-    """Model-input batches (input_ids, attention_mask, token_type_ids) on ``device``; errors if there are none."""
+def calibration_batches(
+    data: CalibrationData | None, device: torch.device, batch_size: int = 8, vocab_size: int | None = None
+) -> Batches:
+    """Model-input batches (input_ids, attention_mask, token_type_ids) on ``device``; errors if there are none.
+
+    With ``vocab_size``, token ids outside ``[0, vocab_size)`` are an error (tokenized for another model).
+    """
     if batch_size < 1:
         raise ValueError(f"calibration_batch_size={batch_size} must be >= 1.")
     if data is None:
@@ -79,6 +84,13 @@ def calibration_batches(data: CalibrationData | None, device: torch.device, batc
         }
         if batch["input_ids"].dim() == 1:
             batch = {name: value[None] for name, value in batch.items()}
+        ids = batch["input_ids"]
+        if vocab_size is not None and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+            raise ValueError(
+                f"The calibration data holds token ids from {int(ids.min())} to {int(ids.max())}, outside the "
+                f"teacher's vocabulary of {vocab_size}: it was tokenized for another model. Tokenize it with the "
+                "teacher's tokenizer."
+            )
         count = int(Batches.mask(batch).sum())
         if count:
             batches.append(batch)
