@@ -173,10 +173,6 @@ class ScriptArguments:
     )
     samples_per_prompt: int = field(default=3, metadata={"help": "Teacher text: continuations per prompt."})
     generation_max_new_tokens: int = field(default=96, metadata={"help": "Teacher text: tokens per sample."})
-    generation_temperature: float = field(
-        default=0.8, metadata={"help": "Teacher text: sampling temperature."}
-    )
-    generation_top_p: float = field(default=0.95, metadata={"help": "Teacher text: nucleus sampling top_p."})
     generation_batch_size: int = field(default=32, metadata={"help": "Teacher text: sequences per batch."})
     cache_dir: str = field(
         default=os.environ.get("HF_ENHANCE_CACHE", "~/.cache/hf_enhance"),
@@ -196,6 +192,16 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
         default="outputs/distill_gpt2", metadata={"help": "Where everything goes."}
     )
     max_steps: int = field(default=60, metadata={"help": "Optimizer steps of each run."})
+    generation_temperature: float = field(
+        default=0.8,
+        metadata={
+            "help": "Sampling temperature of generated text: the teacher texts (and on-policy completions)."
+        },
+    )
+    generation_top_p: float = field(
+        default=0.95,
+        metadata={"help": "Nucleus sampling top_p of generated text (teacher texts, completions)."},
+    )
     learning_rate: float = field(
         default=6e-4,
         metadata={"help": "Peak AdamW learning rate (a fresh student learns faster at about 2e-3)."},
@@ -432,7 +438,9 @@ def fresh_copy(student: PreTrainedModel) -> PreTrainedModel:
     return type(student)(config).float()
 
 
-def teacher_texts(args: ScriptArguments, teacher: Any, tokenizer: Any, seed: int) -> DatasetDict:
+def teacher_texts(
+    args: ScriptArguments, training_args: ExampleTrainingArguments, teacher: Any, tokenizer: Any
+) -> DatasetDict:
     """Text sampled from the teacher (cached); the texts of the last prompts are held out for evaluation."""
     prompts_path = Path(args.prompts_file) if args.prompts_file else PROMPTS_FILE
     prompts = [line.strip() for line in prompts_path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -448,10 +456,10 @@ def teacher_texts(args: ScriptArguments, teacher: Any, tokenizer: Any, seed: int
         prompts,
         samples_per_prompt=args.samples_per_prompt,
         max_new_tokens=args.generation_max_new_tokens,
-        temperature=args.generation_temperature,
-        top_p=args.generation_top_p,
+        temperature=training_args.generation_temperature,
+        top_p=training_args.generation_top_p,
         batch_size=args.generation_batch_size,
-        seed=seed,
+        seed=training_args.seed,
         cache_dir=args.cache_dir,
     )
     split = (len(prompts) - held_out) * args.samples_per_prompt
@@ -465,7 +473,7 @@ def load_file(path: str, split: str) -> Dataset:
 
 
 def load_texts(
-    args: ScriptArguments, teacher: Any, tokenizer: Any, seed: int
+    args: ScriptArguments, training_args: ExampleTrainingArguments, teacher: Any, tokenizer: Any
 ) -> tuple[DatasetDict, str, str]:
     """Train/validation text from --dataset, --train_file or the teacher (+ --eval_file); source; text column."""
     column = args.text_column
@@ -476,7 +484,7 @@ def load_texts(
         raw, source = DatasetDict(train=load_file(args.train_file, "train")), args.train_file
     else:
         raw, source, column = (
-            teacher_texts(args, teacher, tokenizer, seed),
+            teacher_texts(args, training_args, teacher, tokenizer),
             "text sampled from the teacher",
             "text",
         )
@@ -582,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     timings["load_teacher"] = time.perf_counter() - started
 
     with training_args.main_process_first(desc="teacher text"):
-        texts, source, column = load_texts(script_args, teacher, tokenizer, training_args.seed)
+        texts, source, column = load_texts(script_args, training_args, teacher, tokenizer)
     generated = script_args.dataset is None and script_args.train_file is None
     train_set, eval_set = (
         to_blocks(texts[split], tokenizer, column, script_args.block_size, eos, limit)

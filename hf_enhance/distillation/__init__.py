@@ -13,6 +13,7 @@ from hf_enhance.distillation.data import generate_teacher_texts
 from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.intermediate import hidden_state_loss
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
+from hf_enhance.distillation.on_policy import PromptCompletionCollator
 from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.students import GRUClassifier
 from hf_enhance.distillation.trainer import DistillationTrainer
@@ -23,6 +24,7 @@ __all__ = [
     "DistillationTrainer",
     "DistillationTrainingArguments",
     "GRUClassifier",
+    "PromptCompletionCollator",
     "TeacherCacheCollator",
     "TeacherLogitCache",
     "cache_teacher_logits",

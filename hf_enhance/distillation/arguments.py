@@ -95,6 +95,35 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
             "student was built from (config.hf_enhance_student['layers']), else a uniform map, last to last."
         },
     )
+    lmbda: float = field(
+        default=0.0,
+        metadata={
+            "help": "On-policy fraction (GKD's lambda) in [0, 1]: the share of optimizer steps whose completions "
+            "the student samples itself (the teacher then grades every token of them). 0 = off-policy (the "
+            "dataset's or, with seq_kd, the teacher's completions), 1 = fully on-policy. Needs prompt/completion "
+            "batches (PromptCompletionCollator)."
+        },
+    )
+    seq_kd: bool = field(
+        default=False,
+        metadata={"help": "Off-policy steps train on completions the teacher samples (sequence-level KD)."},
+    )
+    max_new_tokens: int = field(
+        default=128,
+        metadata={"help": "Tokens sampled per completion on generating steps (lmbda > 0, seq_kd)."},
+    )
+    generation_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature of generated completions; 0 = greedy. Not the KD temperature."
+        },
+    )
+    generation_top_p: float = field(
+        default=1.0, metadata={"help": "Nucleus sampling of generated completions."}
+    )
+    generation_top_k: int = field(
+        default=0, metadata={"help": "Top-k sampling of generated completions; 0 = no top-k filter."}
+    )
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None,
         metadata={
@@ -117,6 +146,7 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
                 "the fused objective builds at a time. 256 is a good default; lower it to save memory."
             )
         self._check_hidden_settings()
+        self._check_generation_settings()
         if isinstance(self.teacher_model_init_kwargs, str):
             try:
                 self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
@@ -125,6 +155,35 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
                     f"teacher_model_init_kwargs={self.teacher_model_init_kwargs!r} is not valid JSON ({error}). "
                     'Pass a JSON object such as \'{"dtype": "bfloat16"}\'.'
                 ) from error
+
+    def _check_generation_settings(self) -> None:
+        """Validate lmbda and the sampling settings of generated completions."""
+        if (
+            isinstance(self.lmbda, bool)
+            or not isinstance(self.lmbda, (int, float))
+            or not 0 <= self.lmbda <= 1
+        ):
+            raise ValueError(
+                f"lmbda={self.lmbda!r} must be a number in [0, 1]: the share of steps trained on the student's own "
+                "samples (0 = off-policy, 1 = fully on-policy, 0.5 = GKD's mix)."
+            )
+        if (
+            isinstance(self.max_new_tokens, bool)
+            or not isinstance(self.max_new_tokens, int)
+            or self.max_new_tokens < 1
+        ):
+            raise ValueError(
+                f"max_new_tokens={self.max_new_tokens!r} must be an int >= 1: the length of generated completions."
+            )
+        temperature, top_p, top_k = self.generation_temperature, self.generation_top_p, self.generation_top_k
+        if not isinstance(temperature, (int, float)) or not 0 <= temperature < float("inf"):
+            raise ValueError(
+                f"generation_temperature={temperature!r} must be a finite number >= 0 (0 = greedy)."
+            )
+        if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+            raise ValueError(f"generation_top_p={top_p!r} must be in (0, 1] (1 = no nucleus filter).")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"generation_top_k={top_k!r} must be an int >= 0 (0 = no top-k filter).")
 
     def _check_hidden_settings(self) -> None:
         """Validate hidden_weight, hidden_distance and the entries of hidden_layer_map (ranges: the trainer)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import defaultdict
@@ -25,6 +26,7 @@ from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_lo
 from hf_enhance.distillation.hidden_trainer import HIDDEN_PROJECTIONS_NAME as HIDDEN_PROJECTIONS_NAME
 from hf_enhance.distillation.hidden_trainer import HiddenStateDistillation
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
+from hf_enhance.distillation.on_policy import PROMPT_KEYS, TEXT_COLUMNS, OnPolicyDistillation
 from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.teacher import (
     check_teacher,
@@ -71,7 +73,7 @@ def _joined_with_caches(
     return cache
 
 
-class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
+class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, EnhancedTrainer):
     """Trains `model` (the student) on alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(labels).
 
     Takes every `transformers.Trainer` argument plus `teacher_model` (a model, or a name/path loaded with the
@@ -168,8 +170,10 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
-        self._component_steps: set[int] = set()
+        self._component_steps: dict[str, set[int]] = defaultdict(set)  # optimizer steps each term came from
+        self._on_policy_batch = False
         self._set_up_hidden_distillation(model)
+        self._set_up_on_policy(task, kwargs.get("train_dataset"))
 
     def _place_teacher(self, teacher: nn.Module) -> nn.Module:
         """Put the teacher on this rank's device unless it is already spread over devices (`device_map`)."""
@@ -214,6 +218,11 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
+        # On-policy batches: the student's own samples. The label term would only reinforce them, so the loss is
+        # the teacher's grading alone (alpha = 1) and no ce_loss is logged for them.
+        self._on_policy_batch = bool(inputs.pop("on_policy", False))
+        for key in PROMPT_KEYS:
+            inputs.pop(key, None)
         labels = inputs.pop("labels", None)
         if labels is None and self.args.alpha < 1.0:
             raise ValueError(
@@ -255,6 +264,8 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
         if hidden is not None:
             share = self._hidden_share(*hidden, result.num_tokens, num_items_in_batch)
             loss = loss + self.args.hidden_weight * share
+        if self._on_policy_batch:
+            result = dataclasses.replace(result, ce_loss=None)
         self._record(result, share, weight, processes, num_items_in_batch is None)
         return (loss * processes, outputs) if return_outputs else loss * processes
 
@@ -293,7 +304,7 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
     def _set_signature_columns_if_needed(self) -> None:
         """Keep the teacher-cache columns that `with_teacher_cache` added when unused columns are dropped."""
         super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *TEACHER_CACHE_COLUMNS]
+        self._signature_columns = [*self._signature_columns, *TEACHER_CACHE_COLUMNS, *TEXT_COLUMNS]
 
     def _fused_objective(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None
@@ -321,7 +332,7 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
     def _loss_settings(self) -> dict[str, Any]:
         args = self.args
         return {
-            "alpha": args.alpha,
+            "alpha": 1.0 if self._on_policy_batch else args.alpha,
             "temperature": args.temperature,
             "kind": args.distillation_loss,
             "beta": args.jsd_beta,
@@ -384,7 +395,6 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
         divisor = getattr(self, "current_gradient_accumulation_steps", 1) if step_mean else 1
         if training:
             weight = weight * processes / divisor
-            self._component_steps.add(self.state.global_step)
         terms = {"kd_loss": result.kd_loss * weight, "ce_loss": None, "hidden_loss": None}
         if result.ce_loss is not None:
             terms["ce_loss"] = result.ce_loss * weight
@@ -394,6 +404,8 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
         for name, value in terms.items():
             if value is not None:
                 logs[name].append(torch.as_tensor(value).detach().float())
+                if training:
+                    self._component_steps[name].add(self.state.global_step)
 
     def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
         self._component_logs["eval"].clear()
@@ -405,13 +417,17 @@ class DistillationTrainer(HiddenStateDistillation, EnhancedTrainer):
         mode, prefix = ("train", "") if "loss" in logs else ("eval", prefix)
         pending = self._component_logs[mode]
         if prefix is not None and pending:
-            steps = max(len(self._component_steps), 1)  # optimizer steps the pending values come from
             for name, values in pending.items():
                 stacked = torch.stack(values)
+                steps = max(
+                    len(self._component_steps[name]), 1
+                )  # optimizer steps the pending values come from
                 value = stacked.sum() / steps if mode == "train" else stacked.mean()
                 value = self.accelerator.reduce(value.to(self.accelerator.device), reduction="mean")
                 logs[f"{prefix}{name}"] = round(value.item(), 6)
             pending.clear()
         if mode == "train":
             self._component_steps.clear()
+            if self._generates:
+                logs.update(self._generation_log_entries())
         super().log(logs, start_time)

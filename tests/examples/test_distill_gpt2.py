@@ -47,9 +47,9 @@ def write_prompts(folder: Path, prompts: list[str] = PROMPTS) -> Path:
 
 def eval_blocks(argv: list[str]) -> list[list[int]]:
     """The held-out blocks the script evaluates on, rebuilt with its own argument parsing and data functions."""
-    script_args, _ = distill_gpt2.parse_arguments(argv)
+    script_args, training_args = distill_gpt2.parse_arguments(argv)
     teacher, tokenizer = lm_utils.load_causal_lm(script_args.teacher, torch.float32)
-    texts, _, column = distill_gpt2.load_texts(script_args, teacher, tokenizer, seed=0)
+    texts, _, column = distill_gpt2.load_texts(script_args, training_args, teacher, tokenizer)
     generated = script_args.train_file is None
     blocks = distill_gpt2.to_blocks(
         texts["validation"],

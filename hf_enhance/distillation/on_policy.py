@@ -1,0 +1,295 @@
+"""On-policy and mixed distillation (GKD, Agarwal et al. 2024): the student learns on completions it samples.
+
+Batches come from `PromptCompletionCollator`: each row is a prompt, left-padded, followed by a completion, so a
+generated completion can replace the dataset's one in place. At every optimizer step, with probability
+``lmbda`` (drawn from the seed and the step, so every process agrees), the student samples the completions of all
+that step's micro-batches (on-policy); otherwise, with ``seq_kd``, the teacher samples them, else the dataset's
+completions are used (off-policy). Teacher and student then score the very same token ids with the usual
+objective; prompt tokens, padding and everything after a generated EOS are masked from every loss term, and the
+token count that normalises the step counts completion tokens only.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import Trainer
+
+    from hf_enhance.distillation.arguments import DistillationTrainingArguments
+
+    _TrainerBase = Trainer
+else:
+    _TrainerBase = object
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PROMPT_KEYS", "PromptCompletionCollator", "completion_batch"]
+
+# Batch keys that carry the prompt alone (left-padded), for generation; never passed to a model.
+PROMPT_KEYS: tuple[str, ...] = ("prompt_input_ids", "prompt_attention_mask")
+# Dataset columns the collator reads; kept when Trainer drops the columns a model's forward does not take.
+TEXT_COLUMNS: tuple[str, ...] = ("prompt", "completion", "messages")
+
+
+def _pad_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    raise ValueError(
+        "The tokenizer has neither a pad nor an EOS token, so prompts cannot be padded for generation. Set "
+        "tokenizer.pad_token to an existing special token first."
+    )
+
+
+def completion_batch(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    eos_token_id: int | None,
+    pad_token_id: int,
+) -> dict[str, torch.Tensor]:
+    """Model inputs for ``[left-padded prompt | completion]`` rows, the completion's real tokens as the only labels.
+
+    Tokens after a completion's first EOS (generation keeps sampling after it until the longest row stops) are
+    masked like padding; the EOS itself stays a label, so the student learns to stop. ``position_ids`` count
+    real tokens only, as ``generate`` does for left-padded prompts, so scoring sees the positions the
+    completions were sampled at.
+    """
+    completion_mask = completion_mask.bool()
+    if eos_token_id is not None:
+        is_eos = completion_ids == eos_token_id
+        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+        completion_mask = completion_mask & ~after_eos
+    completion_ids = completion_ids.masked_fill(~completion_mask, pad_token_id)
+    attention_mask = torch.cat([prompt_mask.long(), completion_mask.long()], dim=1)
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    labels = torch.cat(
+        [torch.full_like(prompt_ids, -100), completion_ids.masked_fill(~completion_mask, -100)], dim=1
+    )
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": position_ids,
+        "labels": labels,
+        "prompt_input_ids": prompt_ids,
+        "prompt_attention_mask": prompt_mask.long(),
+    }
+
+
+class PromptCompletionCollator:
+    """Collate prompt/completion rows for (on-policy) distillation of causal LMs.
+
+    Rows hold ``prompt`` and ``completion`` text, or chat ``messages`` (the last one the assistant's answer, the
+    others the prompt, rendered by the tokenizer's chat template with the generation prompt). The batch holds the
+    prompt left-padded, followed by the completion (+ EOS) right-padded, with labels on the completion only, plus
+    the prompt alone (``prompt_input_ids``, ``prompt_attention_mask``) for generation.
+
+    Args:
+        tokenizer: the tokenizer both models share. Without a pad token its EOS token pads.
+        max_prompt_length: prompts are cut to their last this many tokens (None: whole).
+        max_completion_length: completions are cut to this many tokens, EOS included (None: whole).
+    """
+
+    def __init__(
+        self, tokenizer: Any, max_prompt_length: int | None = None, max_completion_length: int | None = None
+    ) -> None:
+        for name, value in (
+            ("max_prompt_length", max_prompt_length),
+            ("max_completion_length", max_completion_length),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive int or None.")
+        self.tokenizer = tokenizer
+        self.pad_token_id = _pad_id(tokenizer)
+        self.max_prompt_length = max_prompt_length
+        self.max_completion_length = max_completion_length
+
+    def _texts(self, row: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+        if "messages" in row and row["messages"] is not None:
+            messages = list(row["messages"])
+            if len(messages) < 2 or messages[-1].get("role") != "assistant":
+                raise ValueError(
+                    "A 'messages' row must end with the assistant's answer after at least one prompt message; "
+                    f"got roles {[m.get('role') for m in messages]}."
+                )
+            prompt = self.tokenizer.apply_chat_template(
+                messages[:-1], add_generation_prompt=True, tokenize=True
+            )
+            if isinstance(prompt, Mapping):
+                prompt = prompt["input_ids"]
+            completion = self.tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"]
+        elif "prompt" in row and "completion" in row:
+            prompt = self.tokenizer(row["prompt"])["input_ids"]
+            completion = self.tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+        else:
+            raise ValueError(
+                f"A row has neither 'prompt' and 'completion' nor 'messages' (keys: {sorted(row)}). On-policy "
+                "distillation needs prompts: give each row a prompt and a completion (the completion is used on "
+                "off-policy steps and for evaluation), or chat messages."
+            )
+        if self.tokenizer.eos_token_id is not None:
+            completion = [*completion, self.tokenizer.eos_token_id]
+        if self.max_prompt_length is not None:
+            prompt = prompt[-self.max_prompt_length :]
+        if self.max_completion_length is not None:
+            completion = completion[: self.max_completion_length]
+        if not prompt:
+            raise ValueError(
+                "A prompt is empty after tokenization: generation needs at least one prompt token."
+            )
+        return list(prompt), list(completion)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        pairs = [self._texts(row) for row in rows]
+        width = max(len(prompt) for prompt, _ in pairs)
+        length = max(len(completion) for _, completion in pairs)
+        pad = self.pad_token_id
+        prompt_ids = torch.tensor([[pad] * (width - len(p)) + p for p, _ in pairs])
+        prompt_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in pairs])
+        completion_ids = torch.tensor([c + [pad] * (length - len(c)) for _, c in pairs])
+        completion_mask = torch.tensor([[1] * len(c) + [0] * (length - len(c)) for _, c in pairs])
+        return completion_batch(prompt_ids, prompt_mask, completion_ids, completion_mask, None, pad)
+
+
+@contextmanager
+def generation_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode, no gradients and gradient checkpointing off for ``generate``; all restored afterwards."""
+    was_training = model.training
+    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    if checkpointing:
+        model.gradient_checkpointing_disable()
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+
+
+class OnPolicyDistillation(_TrainerBase):
+    """Replaces completions by the student's (on-policy) or the teacher's (``seq_kd``) samples, step by step.
+
+    Mix in before the Trainer class; the host provides `teacher_model`, `processing_class` and `accelerator`.
+    """
+
+    args: DistillationTrainingArguments
+    accelerator: Accelerator
+    teacher_model: nn.Module | None
+
+    def _set_up_on_policy(self, task: str | None, train_dataset: Any) -> None:
+        self._generation_logs: dict[str, list[float]] = {
+            "on_policy": [],
+            "completion_length": [],
+            "seconds": [],
+        }
+        if not self._generates:
+            return
+        if task not in ("causal_lm", None):
+            raise ValueError(
+                f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} generate completions, which needs a causal "
+                f"LM student; this student is a {task} model. Set lmbda=0 and seq_kd=False."
+            )
+        columns = getattr(train_dataset, "column_names", None)
+        if columns is not None and not (
+            {"prompt", "messages"} & set(columns) or "prompt_input_ids" in columns
+        ):
+            raise ValueError(
+                f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} generate completions for the dataset's "
+                f"prompts, but the training set has no 'prompt' (with 'completion') or 'messages' column (columns: "
+                f"{columns}). Build prompt/completion rows and collate them with PromptCompletionCollator."
+            )
+
+    @property
+    def _generates(self) -> bool:
+        return self.args.lmbda > 0 or self.args.seq_kd
+
+    def _on_policy_step(self) -> bool:
+        """Whether this optimizer step is on-policy: the same draw on every process (seed and step)."""
+        if self.args.lmbda >= 1.0:
+            return True
+        return random.Random(f"{self.args.seed}:{self.state.global_step}").random() < self.args.lmbda
+
+    def get_batch_samples(
+        self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
+    ) -> tuple[list[Any], torch.Tensor | int | None]:
+        """Trainer's prefetch of one optimizer step's micro-batches, with generated completions swapped in.
+
+        The completion-token count that normalises the step is taken after the swap.
+        """
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not self._generates or not batches:
+            return batches, num_items
+        on_policy = self._on_policy_step()
+        if not on_policy and not self.args.seq_kd:
+            self._generation_logs["on_policy"].append(0.0)
+            return batches, num_items
+        missing = [key for key in PROMPT_KEYS if key not in batches[0]]
+        if missing:
+            raise ValueError(
+                f"The batch has no {missing}: on-policy distillation and seq_kd need the prompts alone for "
+                "generation. Collate prompt/completion rows with hf_enhance.PromptCompletionCollator."
+            )
+        generator = self.accelerator.unwrap_model(self.model) if on_policy else self.teacher_model
+        began = time.perf_counter()
+        batches = [self._generate(generator, batch) for batch in batches]
+        self._generation_logs["seconds"].append(time.perf_counter() - began)
+        self._generation_logs["on_policy"].append(float(on_policy))
+        self._generation_logs["completion_length"].extend(
+            float(length) for batch in batches for length in (batch["labels"] != -100).sum(1).tolist()
+        )
+        for batch in batches:
+            batch["on_policy"] = on_policy
+        return batches, self._get_num_items_in_batch(batches, device)
+
+    def _generate(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+        tokenizer = self.processing_class
+        pad_id = _pad_id(tokenizer)
+        args = self.args
+        sample = args.generation_temperature > 0
+        with generation_mode(model), self.accelerator.autocast():
+            output = model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=sample,
+                temperature=args.generation_temperature if sample else None,
+                top_p=args.generation_top_p if sample else None,
+                top_k=args.generation_top_k if sample else None,
+                pad_token_id=pad_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+        completion = output[:, prompt_ids.shape[1] :]
+        generated = completion_batch(
+            prompt_ids, prompt_mask, completion, torch.ones_like(completion), tokenizer.eos_token_id, pad_id
+        )
+        return {**{k: v for k, v in batch.items() if k not in generated}, **generated}
+
+    def _generation_log_entries(self) -> dict[str, float]:
+        """Means since the last log: on-policy fraction, completion length, generation seconds per step."""
+        logs = self._generation_logs
+        entries = {}
+        if logs["on_policy"]:
+            entries["on_policy_fraction"] = sum(logs["on_policy"]) / len(logs["on_policy"])
+        if logs["completion_length"]:
+            entries["completion_length"] = sum(logs["completion_length"]) / len(logs["completion_length"])
+        if logs["seconds"]:
+            entries["generation_seconds"] = sum(logs["seconds"]) / len(logs["on_policy"])
+        for values in logs.values():
+            values.clear()
+        return {name: round(value, 4) for name, value in entries.items()}
