@@ -199,6 +199,12 @@ class OnPolicyDistillation(_TrainerBase):
         }
         if not self._generates:
             return
+        if self.teacher_model is None:
+            raise ValueError(
+                f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} need a live teacher to grade (or write) "
+                "completions generated during training, but the trainer has only a teacher_cache. Pass "
+                "teacher_model= as well, or set lmbda=0 and seq_kd=False."
+            )
         if task not in ("causal_lm", None):
             raise ValueError(
                 f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} generate completions, which needs a causal "

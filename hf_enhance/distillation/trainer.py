@@ -362,10 +362,7 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
             reason = "FSDP/DeepSpeed shard the LM head, whose full weight the fused loss reads"
         elif plain_lm_head(self._student_base(model)) is None or plain_lm_head(self.teacher_model) is None:
             reason = "a model's head is not a plain nn.Linear (adapted, custom) or its config post-processes logits"
-        elif not (
-            hidden_states_match_logits(model, self._student_base(model), inputs, mixed)
-            and hidden_states_match_logits(self.teacher_model, self.teacher_model, inputs, mixed)
-        ):
+        elif not self._heads_reproduce_logits(model, inputs, mixed):
             reason = "head(final hidden states) does not reproduce a model's logits"
         if reason is not None:
             logger.warning(
@@ -374,6 +371,17 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
                 reason,
             )
         return reason is None
+
+    def _heads_reproduce_logits(self, model: nn.Module, inputs: dict[str, Any], mixed: bool) -> bool:
+        """Both models' heads, applied to their final hidden states, give their logits.
+
+        Checked under the run's autocast, as the forwards run (accelerate wraps the student's forward in it): the
+        rebuilt logits then go through the same half-precision matmul as the real ones.
+        """
+        with self.accelerator.autocast():
+            return hidden_states_match_logits(
+                model, self._student_base(model), inputs, mixed
+            ) and hidden_states_match_logits(self.teacher_model, self.teacher_model, inputs, mixed)
 
     def _record(
         self,

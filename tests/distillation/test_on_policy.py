@@ -265,3 +265,44 @@ def test_chat_messages_use_the_chat_template_for_the_prompt(tokenizer: PreTraine
     ]
     with pytest.raises(ValueError, match="must end with the assistant's answer"):
         PromptCompletionCollator(chat)([{"messages": messages[:1]}])
+
+
+def test_generating_needs_a_live_teacher(tmp_path: Path) -> None:
+    from hf_enhance import cache_teacher_logits
+    from tests.tiny import lm_dataset, tiny_gpt2
+
+    cache = cache_teacher_logits(tiny_gpt2(seed=1), lm_dataset(4), output_dir=tmp_path / "cache", top_k=4)
+    with pytest.raises(ValueError, match=r"need a live teacher .* only a teacher_cache"):
+        DistillationTrainer(
+            model=tiny_gpt2(seed=0),
+            teacher_cache=cache,
+            args=distillation_args(tmp_path, lmbda=1.0),
+            train_dataset=lm_dataset(4),
+        )
+
+
+def test_training_forward_scores_generated_tokens_as_generation_did(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    """Left-padded prompts: the logits of the training forward at each completion position are the ones the
+    tokens were sampled from (same positions, same context), so the teacher grades what the student wrote."""
+    student = gpt2(tokenizer, 0).eval()
+    collator = PromptCompletionCollator(tokenizer)
+    batch = collator(
+        [{"prompt": "The sea is", "completion": ""}, {"prompt": "A cat sat on the", "completion": ""}]
+    )
+    prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = student.generate(input_ids=prompt_ids, attention_mask=prompt_mask, max_new_tokens=5, do_sample=True,
+                               output_logits=True, return_dict_in_generate=True,
+                               pad_token_id=collator.pad_token_id)  # fmt: skip
+        completion = out.sequences[:, prompt_ids.shape[1] :]
+        scored = completion_batch(prompt_ids, prompt_mask, completion, torch.ones_like(completion),
+                                  tokenizer.eos_token_id, collator.pad_token_id)  # fmt: skip
+        logits = student(input_ids=scored["input_ids"], attention_mask=scored["attention_mask"],
+                         position_ids=scored["position_ids"]).logits  # fmt: skip
+    width = prompt_ids.shape[1]
+    for step, generated in enumerate(out.logits):
+        kept = scored["labels"][:, width + step] != -100
+        torch.testing.assert_close(logits[kept, width + step - 1], generated[kept], rtol=1e-4, atol=1e-4)

@@ -404,8 +404,11 @@ def test_fused_falls_back_with_a_warning_for_an_adapted_head(tmp_path: Path, cap
 
 def test_fused_objective_runs_under_bf16_autocast(tmp_path: Path) -> None:
     """accelerate wraps the forward in autocast: its float32 logits carry bf16 rounding, still the fused path."""
+    student = tiny_gpt2(seed=0)
+    with torch.no_grad():
+        student.transformer.wte.weight.mul_(30)  # large logits (tied head): bf16 rounding well above 1e-2
     trainer = DistillationTrainer(
-        model=tiny_gpt2(seed=0),
+        model=student,
         teacher_model=tiny_gpt2(seed=1),
         args=make_args(tmp_path, max_steps=1, fused_chunk_size=4, bf16=True),
         train_dataset=lm_dataset(4),
