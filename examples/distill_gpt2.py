@@ -49,7 +49,13 @@ from transformers import (
 )
 from transformers.trainer_utils import IntervalStrategy, SchedulerType
 
-from hf_enhance import DistillationTrainer, DistillationTrainingArguments, student_from_teacher
+from hf_enhance import (
+    DistillationTrainer,
+    DistillationTrainingArguments,
+    PromptCompletionCollator,
+    student_from_teacher,
+    teacher_student_report,
+)
 from hf_enhance.distillation.data import generate_teacher_texts
 from hf_enhance.files import write_json_atomically
 from hf_enhance.students import LAYER_STRATEGIES, RECORD_KEY
@@ -182,6 +188,15 @@ class ScriptArguments:
         default=True,
         metadata={"help": "Also train the same student with the label loss alone (alpha=0), for comparison."},
     )
+    report: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end, compare teacher and student on the held-out prompts (perplexity, top-1 "
+            "agreement, the teacher's NLL of each model's own answers, speed): teacher_student_report.json/.png."
+        },
+    )
+    report_max_new_tokens: int = field(default=48, metadata={"help": "Report: tokens per sampled answer."})
+    report_rows: int = field(default=16, metadata={"help": "Report: held-out prompts answered (at most)."})
 
 
 @dataclass
@@ -312,6 +327,12 @@ def parse_arguments(argv: list[str] | None = None) -> tuple[ScriptArguments, Exa
         parser.set_defaults(**config)
     script_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     check_arguments(script_args)
+    if (training_args.lmbda > 0 or training_args.seq_kd) and (script_args.dataset or script_args.train_file):
+        raise ValueError(
+            f"--lmbda {training_args.lmbda:g} / --seq_kd {training_args.seq_kd} generate completions of prompts, but "
+            "--dataset / --train_file give plain text without prompts. Leave them out to train on the teacher's "
+            "answers to --prompts_file (one prompt per line), or set --lmbda 0 and --seq_kd false."
+        )
     if not training_args.eval_on_start:
         raise ValueError(
             "--eval_on_start false: the perplexity before training is measured by the evaluation at step 0. "
@@ -365,6 +386,9 @@ def check_arguments(args: ScriptArguments) -> None:
     for flag in ("max_train_samples", "max_eval_samples"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag} must be >= 1 (or left out to keep every block).")
+    for flag in ("report_max_new_tokens", "report_rows"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} {getattr(args, flag)} must be >= 1 (or pass --report false).")
 
 
 def fresh_size(args: ScriptArguments, name: str) -> int:
@@ -540,6 +564,35 @@ def to_blocks(
     return blocks.select(range(min(len(blocks), limit))) if limit else blocks
 
 
+def prompt_rows(texts: Dataset, tokenizer: Any) -> Dataset:
+    """Teacher texts as prompt/completion rows: chat messages when the teacher answered through its chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+            for prompt, text in zip(texts["prompt"], texts["text"], strict=True)
+        ]
+        return Dataset.from_dict({"messages": messages})
+    return Dataset.from_dict({"prompt": texts["prompt"], "completion": texts["text"]})
+
+
+def report_rows(
+    args: ScriptArguments, texts: DatasetDict, eval_set: Dataset, generated: bool, tokenizer: Any
+) -> Dataset:
+    """Held-out rows the report answers: one teacher text per held-out prompt, else halves of held-out blocks."""
+    if generated and not args.eval_file:
+        held_out = texts["validation"]
+        held_out = held_out.select(range(0, len(held_out), args.samples_per_prompt))
+        return prompt_rows(held_out.select(range(min(len(held_out), args.report_rows))), tokenizer)
+    blocks = eval_set["input_ids"][: args.report_rows]
+    half = args.block_size // 2
+    return Dataset.from_dict(
+        {
+            "prompt": [tokenizer.decode(block[:half]) for block in blocks],
+            "completion": [tokenizer.decode(block[half:]) for block in blocks],
+        }
+    )
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -624,12 +677,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "processing_class": tokenizer,
         **perplexity_metrics(),
     }
+    distilled_data = common
+    if training_args.lmbda > 0 or training_args.seq_kd:
+        # Generating steps need prompts: the teacher's answers as prompt/completion rows. Evaluation stays on the
+        # held-out blocks, which PromptCompletionCollator passes through as they are.
+        distilled_data = {
+            **common,
+            "train_dataset": prompt_rows(texts["train"], tokenizer),
+            "data_collator": PromptCompletionCollator(tokenizer),
+        }
     baseline_student = copy.deepcopy(student) if script_args.ce_baseline else None
     from_teacher = script_args.student is None and script_args.student_init == "teacher"
     set_seed(training_args.seed)
     fresh_student = fresh_copy(student) if from_teacher and script_args.fresh_baseline else None
     phase = time.perf_counter()
-    distiller = DistillationTrainer(model=student, teacher_model=teacher, args=training_args, **common)
+    distiller = DistillationTrainer(
+        model=student, teacher_model=teacher, args=training_args, **distilled_data
+    )
     distiller.train()
     runs = {f"distilled (alpha={training_args.alpha:g})": list(distiller.state.log_history)}
     timings["distillation"] = time.perf_counter() - phase
@@ -658,7 +722,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Same architecture, size, objective, arguments and data; only the start differs: random weights.
         phase = time.perf_counter()
         fresh_args = dataclasses.replace(training_args, **comparison_only(training_args, "fresh"))
-        fresh = DistillationTrainer(model=fresh_student, teacher_model=teacher, args=fresh_args, **common)
+        fresh = DistillationTrainer(
+            model=fresh_student, teacher_model=teacher, args=fresh_args, **distilled_data
+        )
         fresh.train()
         runs["fresh start, distilled"] = list(fresh.state.log_history)
         perplexity["fresh_before"] = start_perplexity(fresh)
@@ -708,7 +774,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "eval_blocks": len(eval_set),
         },
         "distillation": {
-            k: getattr(training_args, k) for k in ("alpha", "temperature", "distillation_loss", "max_steps")
+            k: getattr(training_args, k)
+            for k in ("alpha", "temperature", "distillation_loss", "max_steps", "lmbda", "seq_kd")
         },
         "global_batch": training_args.per_device_train_batch_size
         * training_args.gradient_accumulation_steps
@@ -720,6 +787,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     if distiller.is_world_process_zero():
         output_dir = Path(training_args.output_dir)
+        if script_args.report:
+            phase = time.perf_counter()
+            comparison = teacher_student_report(
+                teacher,
+                distiller.accelerator.unwrap_model(distiller.model),
+                tokenizer,
+                report_rows(script_args, texts, eval_set, generated, tokenizer),
+                max_new_tokens=script_args.report_max_new_tokens,
+                seed=training_args.seed,
+                output_dir=output_dir,
+            )
+            results["report"] = comparison.to_dict()
+            results["wall_time_s"]["report"] = round(time.perf_counter() - phase, 1)
         write_json_atomically(output_dir / "results.json", results)
         plot_curves(runs, output_dir / "curves.png", {"teacher": teacher_ppl})
         print(report(results, output_dir))
@@ -802,10 +882,25 @@ def report(results: dict[str, Any], output_dir: Path) -> str:
             f"Perplexity on {data['eval_blocks']} held-out blocks of {data['block_size']} tokens "
             f"({data['eval_source']}):",
             *(f"  {label:<{width}}  {value:10.2f}" for label, value in rows),
+            *report_lines(results.get("report")),
             f"Wall time {results['wall_time_s']['total']:.0f} s. Wrote the distilled student, its tokenizer, "
-            f"results.json and curves.png to {output_dir}",
+            f"results.json{', teacher_student_report.json/.png' if 'report' in results else ''} and curves.png to "
+            f"{output_dir}",
         ]
     )
+
+
+def report_lines(comparison: dict[str, Any] | None) -> list[str]:
+    """The teacher-versus-student report in three lines (none without a report)."""
+    if comparison is None:
+        return []
+    teacher, student = comparison["teacher"], comparison["student"]
+    return [
+        f"On {comparison['held_out_rows']} held-out prompts: top-1 agreement {comparison['top1_agreement']:.1%}; "
+        "the teacher's NLL of each model's own answers (nats/token):",
+        f"  teacher {teacher['teacher_nll_of_own_answers']:.3f}, student {student['teacher_nll_of_own_answers']:.3f}"
+        f"; generation {teacher['tokens_per_second']:.0f} vs {student['tokens_per_second']:.0f} tokens/s",
+    ]
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from hf_enhance.distillation import (
     hidden_state_loss,
     load_teacher_cache,
     sparse_distillation_loss,
+    teacher_student_report,
     with_teacher_cache,
 )
 from hf_enhance.lora import (
@@ -83,5 +84,6 @@ __all__ = [
     "sparse_distillation_loss",
     "student_from_teacher",
     "switch_adapter",
+    "teacher_student_report",
     "with_teacher_cache",
 ]

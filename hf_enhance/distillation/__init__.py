@@ -14,6 +14,7 @@ from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.intermediate import hidden_state_loss
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.on_policy import PromptCompletionCollator
+from hf_enhance.distillation.report import TeacherStudentReport, teacher_student_report
 from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.students import GRUClassifier
 from hf_enhance.distillation.trainer import DistillationTrainer
@@ -27,6 +28,7 @@ __all__ = [
     "PromptCompletionCollator",
     "TeacherCacheCollator",
     "TeacherLogitCache",
+    "TeacherStudentReport",
     "cache_teacher_logits",
     "distillation_loss",
     "fused_distillation_loss",
@@ -34,5 +36,6 @@ __all__ = [
     "hidden_state_loss",
     "load_teacher_cache",
     "sparse_distillation_loss",
+    "teacher_student_report",
     "with_teacher_cache",
 ]

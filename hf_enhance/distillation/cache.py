@@ -40,6 +40,7 @@ from hf_enhance.distillation.teacher import logits_of, output_size
 from hf_enhance.files import write_json_atomically
 
 __all__ = [
+    "CACHE_BATCH_KEYS",
     "TEACHER_CACHE_COLUMNS",
     "TeacherCacheCollator",
     "TeacherLogitCache",
@@ -56,6 +57,8 @@ TEACHER_CACHE_COLUMNS: tuple[str, ...] = (
     "teacher_residual_logprob",
 )
 """Columns `with_teacher_cache` adds to the training rows and `TeacherCacheCollator` turns into tensors."""
+CACHE_BATCH_KEYS: tuple[str, ...] = (*TEACHER_CACHE_COLUMNS, "teacher_cache_mask")
+"""Batch entries `TeacherCacheCollator` adds: the cache columns, padded, and the mask of cached positions."""
 HASH_COLUMN = "input_ids_hash"
 METADATA_FILE = "teacher_cache.json"
 LOGPROB_DTYPES: tuple[str, ...] = ("float16", "float32")
@@ -241,13 +244,21 @@ class TeacherCacheCollator:
     row has a cached entry). Entries are placed, in order, at the positions where the collated
     ``attention_mask`` is 1, so left and right padding both work. Positions without an entry hold a valid
     uniform filler over k + 1 outcomes (finite, so the loss cannot turn NaN); exclude them via the mask.
+
+    With ``require_cache=False`` rows without any cache column (an evaluation set a live teacher grades) are
+    collated by ``collator`` alone.
     """
 
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+    def __init__(
+        self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], require_cache: bool = True
+    ) -> None:
         self.collator = collator
+        self.require_cache = require_cache
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         missing = [name for name in TEACHER_CACHE_COLUMNS if name not in features[0]]
+        if len(missing) == len(TEACHER_CACHE_COLUMNS) and not self.require_cache:
+            return self.collator(features)
         if missing:
             raise KeyError(
                 f"The rows have no {missing} column(s): TeacherCacheCollator needs the training data joined with "

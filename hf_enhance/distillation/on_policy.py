@@ -19,7 +19,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+from datasets import Dataset
 from torch import nn
+
+from hf_enhance.distillation.cache import CACHE_BATCH_KEYS
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -97,6 +100,12 @@ class PromptCompletionCollator:
     prompt left-padded, followed by the completion (+ EOS) right-padded, with labels on the completion only, plus
     the prompt alone (``prompt_input_ids``, ``prompt_attention_mask``) for generation.
 
+    Rows without text but with ``input_ids`` (e.g. an evaluation set of token blocks) are right-padded as they
+    are, their ``labels`` (default: the input ids) kept, so one trainer can train on prompts and evaluate on
+    blocks. `tokenize` adds to a prompt/completion data set the ``input_ids`` this collator builds from each row:
+    the columns `cache_teacher_logits` caches the teacher on, for a trainer that reads off-policy steps from a
+    teacher cache and grades on-policy steps with the live teacher.
+
     Args:
         tokenizer: the tokenizer both models share. Without a pad token its EOS token pads.
         max_prompt_length: prompts are cut to their last this many tokens (None: whole).
@@ -152,7 +161,28 @@ class PromptCompletionCollator:
             )
         return list(prompt), list(completion)
 
+    def tokenize(self, dataset: Dataset) -> Dataset:
+        """``dataset`` with ``input_ids`` and ``attention_mask``: each row's prompt + completion tokens, unpadded.
+
+        These are the tokens the collator places in a batch (the prompt's left padding aside), so a teacher cache
+        built on them joins back to the rows (`with_teacher_cache`) and lines up with the collated positions.
+        """
+        clashing = [name for name in ("input_ids", "attention_mask") if name in dataset.column_names]
+        if clashing:
+            raise ValueError(
+                f"The data set already has {clashing}: tokenize adds them from the prompt/completion text. Remove "
+                "them first (dataset.remove_columns(...))."
+            )
+
+        def token_ids(row: Mapping[str, Any]) -> dict[str, list[int]]:
+            prompt, completion = self._texts(row)
+            return {"input_ids": prompt + completion, "attention_mask": [1] * (len(prompt) + len(completion))}
+
+        return dataset.map(token_ids, desc="Tokenizing prompts and completions")
+
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        if not _has_text(rows[0]) and "input_ids" in rows[0]:
+            return self._token_rows(rows)
         pairs = [self._texts(row) for row in rows]
         width = max(len(prompt) for prompt, _ in pairs)
         length = max(len(completion) for _, completion in pairs)
@@ -163,12 +193,40 @@ class PromptCompletionCollator:
         completion_mask = torch.tensor([[1] * len(c) + [0] * (length - len(c)) for _, c in pairs])
         return completion_batch(prompt_ids, prompt_mask, completion_ids, completion_mask, None, pad)
 
+    def _token_rows(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids`` rows (no prompt to generate from), labels kept or copied from the ids."""
+        ids = [list(row["input_ids"]) for row in rows]
+        labels = [
+            list(i if row.get("labels") is None else row["labels"]) for row, i in zip(rows, ids, strict=True)
+        ]
+        masks = [
+            [1] * len(i) if row.get("attention_mask") is None else list(row["attention_mask"])
+            for row, i in zip(rows, ids, strict=True)
+        ]
+        width = max(len(i) for i in ids)
+
+        def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+            return torch.tensor([v + [fill] * (width - len(v)) for v in values])
+
+        return {
+            "input_ids": padded(ids, self.pad_token_id),
+            "attention_mask": padded(masks, 0),
+            "labels": padded(labels, -100),
+        }
+
+
+def _has_text(row: Mapping[str, Any]) -> bool:
+    return any(row.get(name) is not None for name in TEXT_COLUMNS)
+
 
 @contextmanager
 def generation_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode, no gradients and gradient checkpointing off for ``generate``; all restored afterwards."""
     was_training = model.training
-    checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
+    # transformers 5.x renamed is_gradient_checkpointing (deprecated) to is_activation_checkpointing.
+    checkpointing = getattr(model, "is_activation_checkpointing", None)
+    if checkpointing is None:
+        checkpointing = bool(getattr(model, "is_gradient_checkpointing", False))
     if checkpointing:
         model.gradient_checkpointing_disable()
     model.eval()
@@ -179,6 +237,39 @@ def generation_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
         if checkpointing:
             model.gradient_checkpointing_enable()
+
+
+def sample_completions(
+    model: nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    pad_token_id: int,
+    eos_token_id: int | None,
+) -> torch.Tensor:
+    """``[B, <= max_new_tokens]`` ids ``model`` samples after the left-padded prompts (temperature 0: greedy).
+
+    ``top_k`` 0 and ``top_p`` 1 switch those filters off, whatever the model's generation config says. Call it
+    inside `generation_mode`; the ids come back on the prompts' device.
+    """
+    sample = temperature > 0
+    device = next(model.parameters()).device
+    output = model.generate(
+        input_ids=prompt_ids.to(device),
+        attention_mask=prompt_mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature if sample else None,
+        top_p=top_p if sample else None,
+        top_k=top_k if sample else None,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+    )
+    return output[:, prompt_ids.shape[1] :].to(prompt_ids.device)
 
 
 class OnPolicyDistillation(_TrainerBase):
@@ -267,24 +358,18 @@ class OnPolicyDistillation(_TrainerBase):
         tokenizer = self.processing_class
         pad_id = _pad_id(tokenizer)
         args = self.args
-        sample = args.generation_temperature > 0
         with generation_mode(model), self.accelerator.autocast():
-            output = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                max_new_tokens=args.max_new_tokens,
-                do_sample=sample,
-                temperature=args.generation_temperature if sample else None,
-                top_p=args.generation_top_p if sample else None,
-                top_k=args.generation_top_k if sample else None,
-                pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-        completion = output[:, prompt_ids.shape[1] :]
+            completion = sample_completions(
+                model, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
+                temperature=args.generation_temperature, top_p=args.generation_top_p, top_k=args.generation_top_k,
+                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
         generated = completion_batch(
             prompt_ids, prompt_mask, completion, torch.ones_like(completion), tokenizer.eos_token_id, pad_id
         )
-        return {**{k: v for k, v in batch.items() if k not in generated}, **generated}
+        # The dataset's teacher-cache entries describe its completion, not this one: the live teacher grades it.
+        kept = {k: v for k, v in batch.items() if k not in generated and k not in CACHE_BATCH_KEYS}
+        return {**kept, **generated}
 
     def _generation_log_entries(self) -> dict[str, float]:
         """Means since the last log: on-policy fraction, completion length, generation seconds per step."""

@@ -15,6 +15,7 @@ from transformers import default_data_collator
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
 from hf_enhance.distillation.cache import (
+    CACHE_BATCH_KEYS,
     TEACHER_CACHE_COLUMNS,
     TeacherCacheCollator,
     TeacherLogitCache,
@@ -43,13 +44,12 @@ from hf_enhance.training import EnhancedTrainer
 
 logger = logging.getLogger(__name__)
 
-CACHE_BATCH_KEYS = (*TEACHER_CACHE_COLUMNS, "teacher_cache_mask")
-
 
 def _joined_with_caches(
     kwargs: dict[str, Any],
     teacher_cache: TeacherLogitCache | str | os.PathLike[str],
     eval_teacher_cache: TeacherLogitCache | str | os.PathLike[str] | None,
+    live_teacher: bool,
 ) -> TeacherLogitCache:
     """Join the train (and eval) rows with their caches in `kwargs`; wrap the collator. Returns the train cache."""
     cache = (
@@ -61,7 +61,7 @@ def _joined_with_caches(
             "data it was built from. Pass that data set as train_dataset."
         )
     kwargs["train_dataset"] = with_teacher_cache(kwargs["train_dataset"], cache)
-    if kwargs.get("eval_dataset") is not None:
+    if kwargs.get("eval_dataset") is not None and (eval_teacher_cache is not None or not live_teacher):
         if eval_teacher_cache is None:
             raise ValueError(
                 "eval_dataset was given with teacher_cache= but without eval_teacher_cache=: with no teacher in "
@@ -69,8 +69,20 @@ def _joined_with_caches(
                 "cache_teacher_logits(teacher, eval_dataset, output_dir=...) and pass eval_teacher_cache=."
             )
         kwargs["eval_dataset"] = with_teacher_cache(kwargs["eval_dataset"], eval_teacher_cache)
-    kwargs["data_collator"] = TeacherCacheCollator(kwargs.get("data_collator") or default_data_collator)
+    kwargs["data_collator"] = TeacherCacheCollator(
+        kwargs.get("data_collator") or default_data_collator, require_cache=not live_teacher
+    )
     return cache
+
+
+def _check_cache_matches_teacher(cache_columns: int, teacher_columns: int, tokenizer: Any) -> None:
+    """A teacher cache and a live teacher given together must describe the same vocabulary."""
+    if cache_columns not in (teacher_columns, tokenizer_size(tokenizer)):
+        raise ValueError(
+            f"The teacher cache holds distributions over {cache_columns} token ids, but the live teacher_model has "
+            f"{teacher_columns} output columns: the cache was built from another teacher (or vocabulary). Rebuild "
+            "it with cache_teacher_logits(teacher_model, ...) or pass the teacher it was built from."
+        )
 
 
 class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, EnhancedTrainer):
@@ -113,10 +125,11 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
                 "(it carries alpha, temperature and the divergence). Build one with the same fields: "
                 "DistillationTrainingArguments(**your_args.to_dict()) or pass the distillation fields to it."
             )
-        if model is None or (teacher_model is None) == (teacher_cache is None):
+        if model is None or (teacher_model is None and teacher_cache is None):
             raise ValueError(
-                "DistillationTrainer needs model= (the student) and exactly one teacher: teacher_model= (a model "
-                "or a name/path, run online) or teacher_cache= (built once by cache_teacher_logits)."
+                "DistillationTrainer needs model= (the student) and a teacher: teacher_model= (a model or a "
+                "name/path, run online), teacher_cache= (built once by cache_teacher_logits), or both (batches "
+                "with cache entries read the cache; generated and uncached ones run the live teacher)."
             )
         if teacher_model is model:
             raise ValueError(
@@ -130,7 +143,8 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
             raise ValueError(
                 f"hidden_weight={args.hidden_weight} compares the student's block outputs with the teacher's, but "
                 "teacher_cache= holds only the teacher's top-k log-probabilities, no hidden states. Pass the "
-                "teacher as teacher_model= (run online) for hidden-state distillation, or set hidden_weight=0."
+                "teacher as teacher_model= alone (run online) for hidden-state distillation, or set "
+                "hidden_weight=0."
             )
         task = args.distillation_task if args.distillation_task != "auto" else detect_task(model)
         if teacher_cache is not None:
@@ -141,13 +155,15 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
                     "pass it as teacher_model=."
                 )
             task = "causal_lm"
-            cache = _joined_with_caches(kwargs, teacher_cache, eval_teacher_cache)
+            cache = _joined_with_caches(kwargs, teacher_cache, eval_teacher_cache, teacher_model is not None)
             teacher, teacher_size = None, cache.vocab_size
-        else:
+        if teacher_model is not None:
             teacher = freeze(
                 load_teacher(teacher_model, model, task or "causal_lm", args.teacher_model_init_kwargs)
             )
             teacher_size = output_size(teacher, task)
+            if teacher_cache is not None and teacher_size is not None:
+                _check_cache_matches_teacher(cache.vocab_size, teacher_size, kwargs.get("processing_class"))
         super().__init__(model=model, args=args, **kwargs)
 
         self.distillation_task = task

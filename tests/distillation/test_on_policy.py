@@ -306,3 +306,101 @@ def test_training_forward_scores_generated_tokens_as_generation_did(
     for step, generated in enumerate(out.logits):
         kept = scored["labels"][:, width + step] != -100
         torch.testing.assert_close(logits[kept, width + step - 1], generated[kept], rtol=1e-4, atol=1e-4)
+
+
+class TeacherForwardSpy:
+    """Counts the teacher's forward calls (the live teacher grading a batch)."""
+
+    def __init__(self, teacher: torch.nn.Module) -> None:
+        self.calls = 0
+        teacher.register_forward_hook(self._count)
+
+    def _count(self, *_: Any) -> None:
+        self.calls += 1
+
+
+def _cached_and_live(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path, **fields: Any
+) -> tuple[DistillationTrainer, TeacherForwardSpy]:
+    from hf_enhance import cache_teacher_logits
+
+    collator = PromptCompletionCollator(tokenizer)
+    rows = collator.tokenize(prompt_completion_rows())
+    teacher = gpt2(tokenizer, 1).eval()
+    # k = V: the cache holds the teacher's whole distribution, so cached and live grading agree exactly.
+    cache = cache_teacher_logits(teacher, rows, output_dir=tmp_path / "cache", top_k=len(tokenizer),
+                                 logprob_dtype="float32", show_progress=False)  # fmt: skip
+    spy = TeacherForwardSpy(teacher)
+    settings = {"max_steps": 4, "per_device_train_batch_size": 2, "max_new_tokens": 5, "logging_steps": 1,
+                "fused_loss": False, "alpha": 0.5, "eval_strategy": "steps", "eval_steps": 4,
+                "load_best_model_at_end": False, **fields}  # fmt: skip
+    trainer = DistillationTrainer(
+        model=gpt2(tokenizer, 0), teacher_model=teacher, teacher_cache=cache,
+        args=distillation_args(tmp_path / "run", **settings), train_dataset=rows,
+        eval_dataset=prompt_completion_rows(), data_collator=collator, processing_class=tokenizer,
+    )  # fmt: skip
+    return trainer, spy
+
+
+def test_off_policy_steps_read_the_cache_and_on_policy_steps_run_the_live_teacher(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    generate = GenerateSpy(monkeypatch)
+    trainer, teacher = _cached_and_live(tokenizer, tmp_path, lmbda=0.5)
+    on_policy = [trainer._on_policy_step() for trainer.state.global_step in range(4)]
+    trainer.state.global_step = 0
+    assert 0 < sum(on_policy) < 4  # the seed mixes both kinds of step
+    eval_batches = len(trainer.get_eval_dataloader())  # the eval set has no cache: the live teacher grades it
+    trainer.train()
+    assert teacher.calls == sum(on_policy) + eval_batches
+    assert len(generate.callers) == sum(on_policy)
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert [log["on_policy_fraction"] for log in logs] == [float(step) for step in on_policy]
+    assert all(("ce_loss" in log) != step for log, step in zip(logs, on_policy, strict=True))
+    assert "eval_loss" in trainer.state.log_history[-2]
+
+
+def test_a_full_cache_grades_off_policy_steps_as_the_live_teacher_does(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    cached, teacher = _cached_and_live(tokenizer, tmp_path, lmbda=0.0, max_steps=2, eval_strategy="no")
+    cached.train()
+    assert teacher.calls == 0
+    live = _trainer(tokenizer, tmp_path / "live", max_steps=2, per_device_train_batch_size=2)
+    live.train()
+    losses = [[log["loss"] for log in t.state.log_history if "loss" in log] for t in (cached, live)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_a_cache_from_another_vocabulary_is_refused_next_to_a_live_teacher(
+    tokenizer: PreTrainedTokenizerFast, tmp_path: Path
+) -> None:
+    from hf_enhance import cache_teacher_logits
+
+    collator = PromptCompletionCollator(tokenizer)
+    rows = collator.tokenize(prompt_completion_rows())
+    cache = cache_teacher_logits(gpt2(tokenizer, 1), rows, output_dir=tmp_path / "cache", top_k=4,
+                                 vocab_size=len(tokenizer) - 3, show_progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"cache holds distributions over \d+ token ids, but the live"):
+        DistillationTrainer(model=gpt2(tokenizer, 0), teacher_model=gpt2(tokenizer, 1), teacher_cache=cache,
+                            args=distillation_args(tmp_path, lmbda=0.5), train_dataset=rows,
+                            data_collator=collator, processing_class=tokenizer)  # fmt: skip
+
+
+def test_token_rows_are_collated_as_they_are(tokenizer: PreTrainedTokenizerFast) -> None:
+    batch = PromptCompletionCollator(tokenizer)([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, tokenizer.pad_token_id or tokenizer.eos_token_id]]
+    assert batch["labels"].tolist() == [[5, 6, 7], [-100, 9, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert "prompt_input_ids" not in batch
+
+
+def test_tokenize_gives_the_collated_tokens(tokenizer: PreTrainedTokenizerFast) -> None:
+    collator = PromptCompletionCollator(tokenizer, max_completion_length=3)
+    rows = collator.tokenize(prompt_completion_rows())
+    batch = collator(list(prompt_completion_rows())[:2])
+    for row in range(2):
+        mask = batch["attention_mask"][row].bool()
+        assert batch["input_ids"][row][mask].tolist() == rows[row]["input_ids"]
+    with pytest.raises(ValueError, match="already has"):
+        collator.tokenize(rows)

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,6 +94,11 @@ def test_teacher_text_path_writes_a_reloadable_student_results_and_curves(
         and ppl["fresh"] < ppl["fresh_before"]
     )
     assert results["student"]["parameters"] < results["teacher"]["parameters"]
+    # The teacher-versus-student report: written next to results.json, one answer per held-out prompt.
+    comparison = json.loads((output_dir / "teacher_student_report.json").read_text())
+    assert comparison == results["report"] and (output_dir / "teacher_student_report.png").is_file()
+    assert comparison["held_out_rows"] == 2 and 0 <= comparison["top1_agreement"] <= 1
+    assert comparison["student"]["parameters"] == results["student"]["parameters"]
     # The student is the teacher's class with one of its two layers, chosen on calibration blocks.
     built = results["student"]["built_from_teacher"]
     assert results["student"]["init"] == "teacher" and len(built["layers"]) == 1
@@ -125,6 +131,7 @@ def test_teacher_text_path_writes_a_reloadable_student_results_and_curves(
             cache_dir,
             prompts_file=write_prompts(tmp_path),
             ce_baseline=False,
+            report=False,
         )
     )
     assert again["data"]["train_blocks"] == results["data"]["train_blocks"]
@@ -205,6 +212,9 @@ def test_defaults_need_no_flags() -> None:
         (["--calibration_blocks", "0"], ValueError, "--calibration_blocks 0 must be >= 1"),
         (["--validation_split_percentage", "0"], ValueError, r"must be in \(0, 100\)"),
         (["--max_train_samples", "0"], ValueError, "must be >= 1"),
+        (["--report_max_new_tokens", "0"], ValueError, "--report_max_new_tokens 0 must be >= 1"),
+        (["--lmbda", "0.5", "--train_file", "{train}"], ValueError, "generate completions of prompts, but"),
+        (["--lmbda", "2"], ValueError, r"lmbda=2.0 must be a number in \[0, 1\]"),
     ],
 )
 def test_bad_arguments_fail_before_any_work(
@@ -292,6 +302,41 @@ def test_gguf_teacher_with_a_chat_template_takes_the_default_path(gguf_teacher: 
     assert perplexity_of(student, eval_blocks(argv)) == pytest.approx(
         results["perplexity"]["distilled"], rel=1e-4
     )
+
+
+def test_on_policy_steps_train_on_the_teachers_prompts_through_its_chat_template(
+    gguf_teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--lmbda 1: every step the student answers the training prompts (as chat messages) and the teacher grades
+    the answers; evaluation stays on the held-out blocks."""
+    prompts: list[Any] = []
+    real = GenerationMixin.generate
+
+    def recording(model: Any, *args: Any, **kwargs: Any) -> Any:
+        prompts.append(kwargs["input_ids"])
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", recording)
+    argv = tiny_flags(gguf_teacher, tmp_path / "out", tmp_path / "cache", prompts_file=write_prompts(tmp_path),
+                      lmbda=1.0, max_new_tokens=5, ce_baseline=False, fresh_baseline=False, max_steps=2,
+                      report_max_new_tokens=3)  # fmt: skip
+    results = distill_gpt2.main(argv)
+    assert results["distillation"]["lmbda"] == 1.0
+    logs = [log for log in results["log_history"]["distilled (alpha=0.5)"] if "loss" in log]
+    assert [log["on_policy_fraction"] for log in logs] == [1.0, 1.0]
+    assert all("ce_loss" not in log for log in logs)
+    _, tokenizer = lm_utils.load_causal_lm(str(gguf_teacher), torch.float32)
+    chat = {
+        tuple(
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)[
+                "input_ids"
+            ]
+        )
+        for p in PROMPTS
+    }
+    for row, mask in zip(prompts[0], prompts[0] != tokenizer.pad_token_id, strict=True):
+        assert tuple(row[mask].tolist()) in chat  # a training prompt, through the chat template
+    assert math.isfinite(results["perplexity"]["distilled"]) and "report" in results
 
 
 def test_bf16_autocast_on_a_cpu_that_computes_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
