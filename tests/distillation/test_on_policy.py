@@ -388,8 +388,13 @@ def test_a_cache_from_another_vocabulary_is_refused_next_to_a_live_teacher(
 
 
 def test_token_rows_are_collated_as_they_are(tokenizer: PreTrainedTokenizerFast) -> None:
-    batch = PromptCompletionCollator(tokenizer)([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, tokenizer.pad_token_id or tokenizer.eos_token_id]]
+    batch = PromptCompletionCollator(tokenizer)(
+        [{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}]
+    )
+    assert batch["input_ids"].tolist() == [
+        [5, 6, 7],
+        [8, 9, tokenizer.pad_token_id or tokenizer.eos_token_id],
+    ]
     assert batch["labels"].tolist() == [[5, 6, 7], [-100, 9, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert "prompt_input_ids" not in batch
@@ -404,3 +409,21 @@ def test_tokenize_gives_the_collated_tokens(tokenizer: PreTrainedTokenizerFast) 
         assert batch["input_ids"][row][mask].tolist() == rows[row]["input_ids"]
     with pytest.raises(ValueError, match="already has"):
         collator.tokenize(rows)
+
+
+def test_two_processes_generate_and_train_like_one(tmp_path: Path) -> None:
+    from tests.distillation.ddp_on_policy import train as ddp_train
+    from tests.launch import torchrun_two_processes
+
+    single = torchrun_two_processes(
+        "tests.distillation.ddp_on_policy",
+        str(tmp_path),
+        timeout=180,
+        meanwhile=lambda: ddp_train(tmp_path / "single", per_device_batch=4),  # the same run in one process
+    )
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
+    start = gpt2(tiny_tokenizer(), 0).state_dict()
+    assert any(not torch.equal(start[name], tensor) for name, tensor in single.items())  # it trained
+    for name, tensor in single.items():
+        torch.testing.assert_close(ranks[0][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(ranks[1][name], ranks[0][name]), name

@@ -471,7 +471,7 @@ def test_teacher_cache_misuse_is_refused(tmp_path: Path) -> None:
         tiny_gpt2(seed=1), train, output_dir=tmp_path / "c", top_k=4, show_progress=False
     )
     common = {"model": tiny_gpt2(), "args": make_args(tmp_path), "data_collator": pad_collator}
-    with pytest.raises(ValueError, match="needs model= .* and a teacher"):
+    with pytest.raises(ValueError, match=r"needs model= .* and a teacher"):
         DistillationTrainer(train_dataset=train, **common)
     with pytest.raises(ValueError, match="without eval_teacher_cache"):
         DistillationTrainer(teacher_cache=cache, train_dataset=train, eval_dataset=lm_dataset(2), **common)
