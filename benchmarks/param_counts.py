@@ -30,9 +30,9 @@ import transformers
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from hf_enhance import ParameterCount, count_parameters
+from hf_enhance import count_parameters
 from hf_enhance.lora import list_lora_presets
-from hf_enhance.params import MODEL_ZOO
+from hf_enhance.params import MODEL_ZOO, ParameterCount
 from hf_enhance.params.report import format_bytes, markdown_table, percent
 from hf_enhance.params.zoo import worked_example
 

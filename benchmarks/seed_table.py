@@ -62,7 +62,8 @@ from distill_to_rnn import (
 from lora_classification import LoraScriptArguments, train_lora
 from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, HfArgumentParser
 
-from hf_enhance import CachedTeacher, DistillationTrainingArguments
+from hf_enhance import DistillationTrainingArguments
+from hf_enhance.distillation import CachedTeacher
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

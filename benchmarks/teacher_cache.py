@@ -72,12 +72,8 @@ from transformers import (
 )
 from transformers.trainer_callback import PrinterCallback
 
-from hf_enhance import (
-    DistillationTrainer,
-    DistillationTrainingArguments,
-    TeacherLogitCache,
-    cache_teacher_logits,
-)
+from hf_enhance import DistillationTrainer, DistillationTrainingArguments, cache_teacher_logits
+from hf_enhance.distillation import TeacherLogitCache
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))

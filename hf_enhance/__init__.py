@@ -1,89 +1,49 @@
-"""hf_enhance: knowledge distillation, LoRA presets and sane training defaults for the Hugging Face stack."""
+"""hf_enhance: knowledge distillation, LoRA presets and sane training defaults for the Hugging Face stack.
+
+The top level holds the trainers, their arguments, the loss functions, the student builder, the LoRA
+config/target/scaling functions, `count_parameters` and the callbacks. Everything else is imported from its
+package: `hf_enhance.distillation`, `hf_enhance.lora`, `hf_enhance.students`, `hf_enhance.params`,
+`hf_enhance.training` (each lists its names in `__all__`).
+"""
 
 from hf_enhance.distillation import (
-    CachedTeacher,
-    DistillationOutput,
     DistillationTrainer,
     DistillationTrainingArguments,
-    GRUClassifier,
     PromptCompletionCollator,
-    TeacherCacheCollator,
-    TeacherLogitCache,
     cache_teacher_logits,
     distillation_loss,
     fused_distillation_loss,
-    generate_teacher_texts,
     hidden_state_loss,
-    load_teacher_cache,
     sparse_distillation_loss,
     teacher_student_report,
-    with_teacher_cache,
 )
-from hf_enhance.lora import (
-    RankSchedule,
-    get_adapter_strength,
-    ia3_config,
-    list_lora_presets,
-    list_lora_scalings,
-    lora_config,
-    lora_targets,
-    merged_adapter,
-    prefix_tuning_config,
-    register_lora_architecture,
-    register_lora_preset,
-    register_lora_scaling,
-    save_adapter,
-    set_adapter_strength,
-    switch_adapter,
-)
-from hf_enhance.params import MemoryEstimate, ParameterCount, count_parameters
-from hf_enhance.students import BlockLayout, register_student_layout, student_from_teacher
+from hf_enhance.lora import list_lora_presets, list_lora_scalings, lora_config, lora_targets, save_adapter
+from hf_enhance.params import count_parameters
+from hf_enhance.students import student_from_teacher
 from hf_enhance.training import AdaptiveGradClip, EarlyStopping, EnhancedTrainer, EnhancedTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveGradClip",
-    "BlockLayout",
-    "CachedTeacher",
-    "DistillationOutput",
     "DistillationTrainer",
     "DistillationTrainingArguments",
     "EarlyStopping",
     "EnhancedTrainer",
     "EnhancedTrainingArguments",
-    "GRUClassifier",
-    "MemoryEstimate",
-    "ParameterCount",
     "PromptCompletionCollator",
-    "RankSchedule",
-    "TeacherCacheCollator",
-    "TeacherLogitCache",
     "__version__",
     "cache_teacher_logits",
     "count_parameters",
     "distillation_loss",
     "fused_distillation_loss",
-    "generate_teacher_texts",
-    "get_adapter_strength",
     "hidden_state_loss",
-    "ia3_config",
     "list_lora_presets",
     "list_lora_scalings",
-    "load_teacher_cache",
     "lora_config",
     "lora_targets",
-    "merged_adapter",
-    "prefix_tuning_config",
-    "register_lora_architecture",
-    "register_lora_preset",
-    "register_lora_scaling",
-    "register_student_layout",
     "save_adapter",
-    "set_adapter_strength",
     "sparse_distillation_loss",
     "student_from_teacher",
-    "switch_adapter",
     "teacher_student_report",
-    "with_teacher_cache",
 ]

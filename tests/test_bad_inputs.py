@@ -26,12 +26,12 @@ from hf_enhance import (
     count_parameters,
     distillation_loss,
     fused_distillation_loss,
-    load_teacher_cache,
     lora_config,
-    set_adapter_strength,
     sparse_distillation_loss,
     student_from_teacher,
 )
+from hf_enhance.distillation import load_teacher_cache
+from hf_enhance.lora import set_adapter_strength
 from tests.tiny import lm_dataset, pad_collator, tiny_gpt2
 
 

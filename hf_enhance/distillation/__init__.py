@@ -1,17 +1,17 @@
 """Knowledge distillation: the objective as pure functions and a `transformers.Trainer` that applies it."""
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
-from hf_enhance.distillation.cache import (
+from hf_enhance.distillation.classifier_cache import CachedTeacher
+from hf_enhance.distillation.data import generate_teacher_texts
+from hf_enhance.distillation.fused import fused_distillation_loss
+from hf_enhance.distillation.intermediate import hidden_state_loss
+from hf_enhance.distillation.lm_cache import (
     TeacherCacheCollator,
     TeacherLogitCache,
     cache_teacher_logits,
     load_teacher_cache,
     with_teacher_cache,
 )
-from hf_enhance.distillation.cached import CachedTeacher
-from hf_enhance.distillation.data import generate_teacher_texts
-from hf_enhance.distillation.fused import fused_distillation_loss
-from hf_enhance.distillation.intermediate import hidden_state_loss
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.on_policy import PromptCompletionCollator
 from hf_enhance.distillation.report import TeacherStudentReport, teacher_student_report

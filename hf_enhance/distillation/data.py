@@ -2,8 +2,9 @@
 
 Training a student on the teacher's own samples transfers the teacher's sequence distribution even where no
 corpus is at hand; with `DistillationTrainer` the token-level term is added on top. Sampling a large teacher is
-the slow part, so `generate_teacher_texts` keys a JSON cache on the teacher, tokenizer, prompts and sampling
-settings: the next run with the same inputs reads the file instead of generating.
+the slow part, so `generate_teacher_texts` keys a JSON cache on the teacher's weights, tokenizer, prompts, sampling
+settings, seed and library versions: the next run with the same inputs reads the file (and says so) instead of
+generating.
 """
 
 from __future__ import annotations
@@ -27,26 +28,70 @@ __all__ = ["generate_teacher_texts", "teacher_texts_cache_file"]
 
 logger = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
+_SAMPLED_VALUES = 64  # per tensor, hashed exactly; a float64 sum covers every value
+
+
+def _weights_digest(model: nn.Module) -> str:
+    """A cheap fingerprint of ``model``'s weights: every tensor's name, shape and dtype, its float64 sum and the
+    exact bytes of evenly spaced values. Any retraining or reload of other weights changes it."""
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            if tensor.is_meta or tensor.numel() == 0:
+                continue
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // _SAMPLED_VALUES)].cpu().contiguous()
+            digest.update(sample.view(torch.uint8).numpy().tobytes())
+            digest.update(repr(flat.sum(dtype=torch.float64).item()).encode())
+    return digest.hexdigest()
+
+
+def _tokenizer_digest(tokenizer: Any) -> str:
+    """The tokenizer's vocabulary, special tokens and chat template, hashed."""
+    parts = {
+        "class": type(tokenizer).__name__,
+        "vocab": sorted(tokenizer.get_vocab().items()),
+        "special": sorted(getattr(tokenizer, "all_special_tokens", [])),
+        "chat_template": getattr(tokenizer, "chat_template", None),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _settings(
     teacher: nn.Module, tokenizer: Any, prompts: Sequence[str], generation: dict[str, Any]
 ) -> dict[str, Any]:
-    """Everything the generated texts depend on (the cache key), as plain JSON values."""
+    """Everything the generated texts depend on (the cache key), as plain JSON values (as read back from the
+    cache file, so a reread key compares equal)."""
+    import transformers
+
+    from hf_enhance import __version__
+
     config = getattr(teacher, "config", None)
-    return {
+    generation_config = getattr(teacher, "generation_config", None)
+    settings = {
         "format": _CACHE_FORMAT,
         "teacher": {
             "class": type(teacher).__name__,
-            "name_or_path": str(getattr(teacher, "name_or_path", "")),
             "model_name": str(getattr(config, "_name_or_path", "")),
-            "num_parameters": sum(p.numel() for p in teacher.parameters()),
+            "weights": _weights_digest(teacher),
+            "generation_config": generation_config.to_diff_dict() if generation_config is not None else None,
+            "device": next(teacher.parameters()).device.type,
         },
-        "tokenizer": {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "size": len(tokenizer)},
+        "tokenizer": {
+            "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
+            "digest": _tokenizer_digest(tokenizer),
+        },
         "prompts": list(prompts),
         "generation": generation,
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "hf_enhance": __version__,
+        },
     }
+    return json.loads(json.dumps(settings, default=str))
 
 
 def teacher_texts_cache_file(cache_dir: str | os.PathLike, settings: dict[str, Any]) -> Path:
@@ -175,10 +220,10 @@ def generate_teacher_texts(
         A `datasets.Dataset` with columns ``prompt`` and ``text`` (the continuation, special tokens removed),
         ``samples_per_prompt`` consecutive rows per prompt.
 
-    The cache key covers the teacher's class, name/path and parameter count, the tokenizer, the prompts and the
-    sampling settings, not the weights themselves: pass ``refresh=True`` after changing a teacher's weights in
-    place. Texts are sampled on the teacher's device and dtype, so they differ between machines; a cached file
-    is reused as it is.
+    The cache key covers everything that decides the texts: the teacher's weights (a fingerprint of every
+    tensor's name, shape, dtype, sum and sampled values), its generation config and device type, the tokenizer
+    (vocabulary, special tokens, chat template), the prompts, the sampling settings and seed, and the torch,
+    transformers and hf_enhance versions. A reused file is announced in one INFO log line naming it.
     """
     _check(prompts, samples_per_prompt, max_new_tokens, temperature, top_p)
     if chat_template is None:
@@ -205,7 +250,12 @@ def generate_teacher_texts(
             cached = None
             logger.warning("Cache file %s is damaged (an interrupted write); generating again.", cache_file)
         if isinstance(cached, dict) and cached.get("settings") == settings:
-            logger.info("Read %d teacher texts from %s", len(cached["records"]), cache_file)
+            logger.info(
+                "Reusing %d teacher texts cached in %s (same teacher weights, tokenizer, prompts, generation "
+                "settings, seed and library versions); delete that file or pass refresh=True to sample them again.",
+                len(cached["records"]),
+                cache_file,
+            )
             return Dataset.from_list(cached["records"])
         if cached is not None:
             logger.warning("Cache file %s was written for other settings; generating again.", cache_file)

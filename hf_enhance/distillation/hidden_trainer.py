@@ -7,7 +7,7 @@ student block outputs and teacher block outputs. The mixin
   the forwards that already run (`_block_outputs`);
 - masks the tokens the term counts: the KD term's positions, padding excluded (`_hidden_mask`);
 - normalises the term by token count over the whole accumulated (and all-device) batch, as the KD term is
-  (`_get_num_items_in_batch`, `_hidden_share`);
+  (`_count_batch_items`, `_hidden_share`);
 - when the widths differ, trains `hidden_projections` next to the student: their own optimizer param group,
   gradient clearing at each step, clipping and the logged grad_norm over model and projections together,
   gradient averaging and rank-0 initial weights under DDP, and saving and restoring with Trainer checkpoints
@@ -43,11 +43,11 @@ from hf_enhance.files import save_file_atomically
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-    from transformers import Trainer
 
     from hf_enhance.distillation.arguments import DistillationTrainingArguments
+    from hf_enhance.training.internals import TrainerInternals
 
-    _TrainerBase = Trainer
+    _TrainerBase = TrainerInternals
 else:
     _TrainerBase = object
 
@@ -189,13 +189,13 @@ class HiddenStateDistillation(_TrainerBase):
             keep = keep & (labels != -100).to(keep.device)
         return keep
 
-    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
+    def _count_batch_items(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """Trainer's label-token count; with the hidden term, also count its tokens over the same micro-batches.
 
         Both counts cover the whole accumulated (and, with average_tokens_across_devices, all-device) batch, so
         each micro-batch's term can be weighed by its share of the batch's tokens (`_hidden_share`).
         """
-        num_items = super()._get_num_items_in_batch(batch_samples, device)
+        num_items = super()._count_batch_items(batch_samples, device)
         if self._hidden_blocks is not None and num_items is not None:
             count = sum(
                 self._hidden_mask(batch, batch.get("labels")).sum().to(device) for batch in batch_samples
@@ -261,29 +261,24 @@ class HiddenStateDistillation(_TrainerBase):
             optimizer.add_param_group({"params": params, "weight_decay": self.args.weight_decay})
         return optimizer
 
-    def _with_projections(self, model: nn.Module) -> nn.Module:
+    def _gradient_module(self, model: nn.Module) -> nn.Module:
         """The model and the projections as one module, so clipping and the logged grad_norm cover both."""
+        model = super()._gradient_module(model)
         return model if self.hidden_projections is None else nn.ModuleList([model, self.hidden_projections])
 
-    def _clip_grad_norm(self, model: nn.Module) -> Any:
-        return super()._clip_grad_norm(self._with_projections(model))
-
-    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
-        return super()._get_grad_norm(self._with_projections(model), grad_norm)
-
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+    def _save_extra_state(self, output_dir: str) -> None:
         """Also save the hidden-state projections: checkpoint state, never part of the saved student."""
-        super()._save_optimizer_and_scheduler(output_dir)
+        super()._save_extra_state(output_dir)
         if self.hidden_projections is not None and self.args.should_save:
             state = {
                 k: v.detach().cpu().contiguous() for k, v in self.hidden_projections.state_dict().items()
             }
             save_file_atomically(state, os.path.join(output_dir, HIDDEN_PROJECTIONS_NAME))
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+    def _load_extra_state(self, checkpoint: str) -> None:
         """Also restore the hidden-state projections saved with the checkpoint (a warning when absent)."""
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if self.hidden_projections is None or checkpoint is None:
+        super()._load_extra_state(checkpoint)
+        if self.hidden_projections is None:
             return
         path = os.path.join(checkpoint, HIDDEN_PROJECTIONS_NAME)
         if not os.path.isfile(path):

@@ -22,15 +22,15 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from hf_enhance.distillation.cache import CACHE_BATCH_KEYS
+from hf_enhance.distillation.lm_cache import CACHE_BATCH_KEYS
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
-    from transformers import Trainer
 
     from hf_enhance.distillation.arguments import DistillationTrainingArguments
+    from hf_enhance.training.internals import TrainerInternals
 
-    _TrainerBase = Trainer
+    _TrainerBase = TrainerInternals
 else:
     _TrainerBase = object
 
@@ -351,7 +351,7 @@ class OnPolicyDistillation(_TrainerBase):
         )
         for batch in batches:
             batch["on_policy"] = on_policy
-        return batches, self._get_num_items_in_batch(batches, device)
+        return batches, self._count_batch_items(batches, device)
 
     def _generate(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]

@@ -14,7 +14,11 @@ from torch import nn
 from transformers import default_data_collator
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
-from hf_enhance.distillation.cache import (
+from hf_enhance.distillation.fused import fused_distillation_loss
+from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_logits, plain_lm_head
+from hf_enhance.distillation.hidden_trainer import HIDDEN_PROJECTIONS_NAME as HIDDEN_PROJECTIONS_NAME
+from hf_enhance.distillation.hidden_trainer import HiddenStateDistillation
+from hf_enhance.distillation.lm_cache import (
     CACHE_BATCH_KEYS,
     TEACHER_CACHE_COLUMNS,
     TeacherCacheCollator,
@@ -22,10 +26,6 @@ from hf_enhance.distillation.cache import (
     load_teacher_cache,
     with_teacher_cache,
 )
-from hf_enhance.distillation.fused import fused_distillation_loss
-from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_logits, plain_lm_head
-from hf_enhance.distillation.hidden_trainer import HIDDEN_PROJECTIONS_NAME as HIDDEN_PROJECTIONS_NAME
-from hf_enhance.distillation.hidden_trainer import HiddenStateDistillation
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.on_policy import PROMPT_KEYS, TEXT_COLUMNS, OnPolicyDistillation
 from hf_enhance.distillation.sparse import sparse_distillation_loss
@@ -317,10 +317,9 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         )
         return result, outputs if isinstance(outputs, dict) else {"logits": logits}
 
-    def _set_signature_columns_if_needed(self) -> None:
+    def _extra_signature_columns(self) -> list[str]:
         """Keep the teacher-cache columns that `with_teacher_cache` added when unused columns are dropped."""
-        super()._set_signature_columns_if_needed()
-        self._signature_columns = [*self._signature_columns, *TEACHER_CACHE_COLUMNS, *TEXT_COLUMNS]
+        return [*super()._extra_signature_columns(), *TEACHER_CACHE_COLUMNS, *TEXT_COLUMNS]
 
     def _fused_objective(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None

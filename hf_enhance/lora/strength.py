@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,12 @@ def save_adapter(
 
     ``strength`` is relative to the trained adapter (default: the strength it runs at now). The saved
     ``adapter_config.json`` is a standard PEFT config; ``hf_enhance.json`` next to it records the strength
-    and how the config was built. Returns the directory holding the adapter.
+    and how the config was built.
+
+    Whatever the adapter's name, its files go directly in ``path`` (PEFT's own ``save_pretrained`` puts a named
+    adapter in ``path/<name>/``), so ``PeftModel.from_pretrained(base, path)`` loads it as ``"default"`` and
+    ``peft_model.load_adapter(path, adapter_name="task_a")`` loads it under its name. Save several adapters to
+    several folders. Returns ``path``.
     """
     name = lora_adapter_name(peft_model, adapter_name)
     strength = _check_strength(get_adapter_strength(peft_model, name) if strength is None else strength)
@@ -127,12 +133,19 @@ def save_adapter(
     baked.alpha_pattern = {
         key: clean_number(value * strength) for key, value in trained.alpha_pattern.items()
     }
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
     peft_model.peft_config[name] = baked
     try:
-        peft_model.save_pretrained(os.fspath(path), selected_adapters=[name], **save_kwargs)
+        with tempfile.TemporaryDirectory(dir=out, prefix=".save_adapter-") as staging:
+            peft_model.save_pretrained(staging, selected_adapters=[name], **save_kwargs)
+            # PEFT writes a named adapter to <dir>/<name>/ and its model card to <dir>; flatten both into out
+            for folder in (Path(staging) / name, Path(staging)):
+                for file in folder.iterdir() if folder.is_dir() else ():
+                    if file.is_file():
+                        os.replace(file, out / file.name)
     finally:
         peft_model.peft_config[name] = trained
-    out = Path(path) if name == "default" else Path(path) / name
     from hf_enhance import __version__
 
     record = {

@@ -19,13 +19,14 @@ from hf_enhance.training.arguments import EnhancedTrainingArguments
 from hf_enhance.training.checkpoints import checkpoint_problem, newest_complete_checkpoint
 from hf_enhance.training.clipping import AdaptiveGradClip
 from hf_enhance.training.early_stopping import EarlyStopping
+from hf_enhance.training.internals import TrainerInternals, forget_evaluation_prepare
 
 logger = logging.getLogger(__name__)
 
 GRAD_CLIP_STATE_NAME = "grad_clip_state.json"
 
 
-class EnhancedTrainer(Trainer):
+class EnhancedTrainer(TrainerInternals):
     """A `transformers.Trainer` that applies `EnhancedTrainingArguments`.
 
     Takes every `Trainer` argument, unchanged. With `EnhancedTrainingArguments` (the default when `args` is
@@ -103,18 +104,24 @@ class EnhancedTrainer(Trainer):
             None,
         )
 
-    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
-        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+    def _after_grad_norm(self, norm: Any) -> None:
+        """A NaN/inf norm: drop the step's gradients (skip_nonfinite_steps) and log this step (stop_on_nonfinite).
+
+        Logging at once lets `EarlyStopping` see the norm at this step rather than at the next logging step.
+        Under fp16 the GradScaler skips overflowing steps by design, so neither applies.
+        """
+        super()._after_grad_norm(norm)
         if (
-            self._enhanced
-            and self.args.skip_nonfinite_steps
-            and norm is not None
-            and self.accelerator.scaler is None
-            and not self.is_deepspeed_enabled
-            and not math.isfinite(float(norm))
+            not self._enhanced
+            or norm is None
+            or self.accelerator.scaler is not None
+            or math.isfinite(float(norm))
         ):
+            return
+        if self.args.skip_nonfinite_steps and not self.is_deepspeed_enabled:
             self._skip_optimizer_step(float(norm))
-        return norm
+        if self.args.stop_on_nonfinite:
+            self.control.should_log = True
 
     def _skip_optimizer_step(self, norm: float) -> None:
         """Drop this step's gradients: torch optimizers leave a parameter without a gradient, and its state, as is."""
@@ -130,7 +137,9 @@ class EnhancedTrainer(Trainer):
             self._skipped_steps,
         )
 
-    def _save(self, output_dir: str | None = None, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    def _check_savable(self, output_dir: str | None, state_dict: dict[str, torch.Tensor] | None) -> None:
+        """Refuse (with `EnhancedTrainingArguments`) to write weights that hold NaN/inf."""
+        super()._check_savable(output_dir, state_dict)
         if self._enhanced:
             tensors = state_dict.items() if state_dict is not None else self.model.named_parameters()
             for name, tensor in tensors:
@@ -146,7 +155,6 @@ class EnhancedTrainer(Trainer):
                         "a broken model. Earlier checkpoints are kept; lower the learning rate, clip gradients "
                         "(max_grad_norm), keep skip_nonfinite_steps=True, or check the inputs for NaN/inf."
                     )
-        super()._save(output_dir, state_dict)
 
     def _reset_clip_stats(self) -> None:
         self._clip_steps = 0
@@ -171,28 +179,17 @@ class EnhancedTrainer(Trainer):
         self._grad_clipper = self.args.grad_clipper() if self._enhanced else None
         self._skipped_steps = 0
         self._reset_clip_stats()
-        self._forget_evaluation_prepare()
+        forget_evaluation_prepare(self)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    def _forget_evaluation_prepare(self) -> None:
-        """Undo the mark that an `evaluate()` before `train()` leaves on the bare model.
-
-        transformers 5.x prepares the model for evaluation without wrapping it and marks it as prepared; `train()`
-        then skips the DDP/FSDP wrap, so the processes silently train different models. Dropping the mark lets
-        `train()` wrap it as usual.
-        """
-        if getattr(self.model, "_is_accelerate_prepared", False) and self.model is self.model_wrapped:
-            del self.model._is_accelerate_prepared
-            if self.model in self.accelerator._models:
-                self.accelerator._models.remove(self.model)
-
-    # ---- clipping: transformers calls `_clip_grad_norm` once per optimizer step when max_grad_norm > 0 ----
-    def _clip_grad_norm(self, model: nn.Module) -> Any:
+    # ---- clipping: transformers clips once per optimizer step when max_grad_norm > 0 ----
+    def _clip_gradients(self, model: nn.Module) -> Any:
+        """Clip by `grad_clip_mode`; count the steps whose gradients exceeded the threshold."""
         if not self._enhanced:
-            return super()._clip_grad_norm(model)
+            return super()._clip_gradients(model)
         mode = self.args.grad_clip_mode
         if mode == "norm":
-            norm = super()._clip_grad_norm(model)
+            norm = super()._clip_gradients(model)
             threshold = self.args.max_grad_norm
             exceeded = norm
         else:
@@ -215,21 +212,6 @@ class EnhancedTrainer(Trainer):
             self._clip_threshold = threshold
         return norm
 
-    def _maybe_log_save_evaluate(
-        self, tr_loss: torch.Tensor, grad_norm: Any, *args: Any, **kwargs: Any
-    ) -> None:
-        # Called after every optimizer step with that step's gradient norm: log a NaN/inf norm at once, so that
-        # EarlyStopping sees it at this step rather than at the next logging step.
-        if (
-            self._enhanced
-            and self.args.stop_on_nonfinite
-            and grad_norm is not None
-            and self.accelerator.scaler is None
-            and not math.isfinite(float(grad_norm))
-        ):
-            self.control.should_log = True
-        super()._maybe_log_save_evaluate(tr_loss, grad_norm, *args, **kwargs)
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._skipped_steps and "loss" in logs:
             logs["skipped_steps"] = self._skipped_steps
@@ -241,16 +223,16 @@ class EnhancedTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---- adaptive-clipping statistics travel with the optimizer state ----
-    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
-        super()._save_optimizer_and_scheduler(output_dir)
+    def _save_extra_state(self, output_dir: str) -> None:
+        super()._save_extra_state(output_dir)
         if self._grad_clipper is not None and self.args.should_save:
             write_json_atomically(
                 os.path.join(output_dir, GRAD_CLIP_STATE_NAME), self._grad_clipper.state_dict()
             )
 
-    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        if self._grad_clipper is None or checkpoint is None:
+    def _load_extra_state(self, checkpoint: str) -> None:
+        super()._load_extra_state(checkpoint)
+        if self._grad_clipper is None:
             return
         path = os.path.join(checkpoint, GRAD_CLIP_STATE_NAME)
         if not os.path.isfile(path):

@@ -52,3 +52,6 @@ if __name__ == "__main__":
     directory = Path(sys.argv[1])
     state = train(directory / "run", per_device_batch=2)
     torch.save(state, directory / f"rank{torch.distributed.get_rank()}.pt")
+    # Tear the group down once both ranks are here: left to exit-time destructors, gloo can abort a rank.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 import torch
 from transformers import GenerationMixin, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from hf_enhance.distillation.data import generate_teacher_texts
+from hf_enhance.distillation.data import _settings, generate_teacher_texts, teacher_texts_cache_file
 from tests.examples.tiny_lm import tiny_tokenizer
 from tests.tiny import tiny_gpt2
 
@@ -152,3 +153,70 @@ def test_a_damaged_cache_file_is_regenerated(
     assert "is damaged" in caplog.text
     assert again.to_list() == first.to_list()
     assert json.loads(cache_file.read_text())["records"] == first.to_list()
+
+
+def _key(
+    teacher: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, prompts: list[str], **generation: Any
+) -> Path:
+    settings = {"samples_per_prompt": 1, "max_new_tokens": 5, "temperature": 1.0, "top_p": 1.0, "seed": 0}
+    return teacher_texts_cache_file(
+        "cache", _settings(teacher, tokenizer, prompts, {**settings, **generation})
+    )
+
+
+def test_the_cache_key_changes_with_everything_that_decides_the_texts(
+    teacher: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    import hf_enhance
+
+    base = _key(teacher, tokenizer, PROMPTS)
+    assert (
+        _key(tiny_gpt2(seed=3, vocab_size=len(tokenizer)).eval(), tokenizer, PROMPTS) == base
+    )  # same weights
+    changed = {
+        "prompts": _key(teacher, tokenizer, PROMPTS[:2]),
+        **{
+            name: _key(teacher, tokenizer, PROMPTS, **{name: value})
+            for name, value in [
+                ("samples_per_prompt", 2),
+                ("max_new_tokens", 6),
+                ("temperature", 0.8),
+                ("top_p", 0.9),
+                ("seed", 1),
+            ]
+        },
+    }
+    other_vocab = copy.deepcopy(tokenizer)
+    other_vocab.add_tokens(["zebra"])
+    changed["tokenizer"] = _key(teacher, other_vocab, PROMPTS)
+    for module, name in [(torch, "torch"), (transformers, "transformers"), (hf_enhance, "hf_enhance")]:
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "__version__", "0.0.0-other")
+            changed[name] = _key(teacher, tokenizer, PROMPTS)
+    generation_config = teacher.generation_config
+    teacher.generation_config = copy.deepcopy(generation_config)
+    teacher.generation_config.repetition_penalty = 1.3
+    changed["generation_config"] = _key(teacher, tokenizer, PROMPTS)
+    teacher.generation_config = generation_config
+    assert _key(teacher, tokenizer, PROMPTS) == base
+    with torch.no_grad():  # one weight, nudged in place: same names, shapes and parameter count
+        teacher.transformer.h[0].mlp.c_fc.weight[3, 5] += 1e-3
+    changed["weights"] = _key(teacher, tokenizer, PROMPTS)
+    assert len({base, *changed.values()}) == len(changed) + 1, changed
+
+
+def test_a_reused_cache_says_so_in_one_log_line(
+    teacher: GPT2LMHeadModel,
+    tokenizer: PreTrainedTokenizerFast,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    teacher.generation_config.suppress_tokens = (5, 6)  # a tuple: JSON reads it back as a list
+    generate_teacher_texts(teacher, tokenizer, PROMPTS, max_new_tokens=5, cache_dir=tmp_path)
+    (cache_file,) = (tmp_path / "teacher_texts").glob("*.json")
+    with caplog.at_level("INFO", logger="hf_enhance.distillation.data"):
+        generate_teacher_texts(teacher, tokenizer, PROMPTS, max_new_tokens=5, cache_dir=tmp_path)
+    (line,) = [record.getMessage() for record in caplog.records if "Reusing" in record.getMessage()]
+    assert str(cache_file) in line and "refresh=True" in line and "\n" not in line

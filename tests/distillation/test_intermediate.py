@@ -238,7 +238,8 @@ def test_bad_layer_maps_are_refused_at_construction(tmp_path: Path, layer_map: l
 
 
 def test_other_misuse_is_refused_at_construction(tmp_path: Path) -> None:
-    from hf_enhance import TeacherCacheCollator, cache_teacher_logits, with_teacher_cache
+    from hf_enhance import cache_teacher_logits
+    from hf_enhance.distillation import TeacherCacheCollator, with_teacher_cache
 
     train = lm_dataset(4)
     cache = cache_teacher_logits(

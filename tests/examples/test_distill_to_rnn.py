@@ -10,7 +10,8 @@ from data import load_sentence_classification, tokenize
 from distill_to_rnn import fine_tune_teacher, main
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-from hf_enhance import CachedTeacher, DistillationTrainer, EnhancedTrainingArguments, GRUClassifier
+from hf_enhance import DistillationTrainer, EnhancedTrainingArguments
+from hf_enhance.distillation import CachedTeacher, GRUClassifier
 from tests.examples.conftest import common_flags, requires_minilm
 
 

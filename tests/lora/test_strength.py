@@ -91,12 +91,35 @@ def test_save_uses_current_strength_by_default(tmp_path: Path) -> None:
     assert saved["lora_alpha"] == 24
 
 
-def test_named_adapter_saves_to_its_subfolder(tmp_path: Path) -> None:
+def test_named_adapters_save_where_vanilla_peft_loads_them(tmp_path: Path) -> None:
     peft_model = _peft()
-    peft_model.add_adapter("other", lora_config(tiny_config("llama"), "attention-qv"))
-    out = save_adapter(peft_model, tmp_path, strength=2, adapter_name="other")
-    assert out == tmp_path / "other"
-    assert json.loads((out / "adapter_config.json").read_text())["lora_alpha"] == 32
+    peft_model.add_adapter(
+        "task_a", lora_config(tiny_config("llama"), "attention-qv", init_lora_weights=False)
+    )
+    peft_model.add_adapter("task_b", lora_config(tiny_config("llama"), "mlp", init_lora_weights=False))
+    expected = {}
+    for name, strength in (("default", 1.0), ("task_a", 2.0), ("task_b", 0.5)):
+        out = save_adapter(peft_model, tmp_path / name, strength=strength, adapter_name=name)
+        assert out == tmp_path / name
+        assert {"adapter_config.json", "adapter_model.safetensors", "hf_enhance.json"} <= {
+            f.name for f in out.iterdir()
+        }
+        assert [f for f in out.iterdir() if f.is_dir()] == []
+        assert json.loads((out / "hf_enhance.json").read_text())["adapter_name"] == name
+        peft_model.set_adapter(name)
+        set_adapter_strength(peft_model, strength, name)
+        expected[name] = logits(peft_model)
+        set_adapter_strength(peft_model, 1, name)
+    assert len({tuple(t.flatten().tolist()) for t in expected.values()}) == 3
+    for name, want in expected.items():
+        reloaded = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / name).eval()
+        torch.testing.assert_close(logits(reloaded), want, rtol=1e-5, atol=1e-6)
+    served = PeftModel.from_pretrained(tiny_model("llama"), tmp_path / "default").eval()
+    for name in ("task_a", "task_b"):
+        served.load_adapter(tmp_path / name, adapter_name=name)
+    for name, want in expected.items():
+        served.set_adapter(name)
+        torch.testing.assert_close(logits(served), want, rtol=1e-5, atol=1e-6)
 
 
 def test_errors() -> None:

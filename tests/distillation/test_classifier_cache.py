@@ -8,7 +8,8 @@ import pytest
 import torch
 from datasets import Dataset
 
-from hf_enhance import CachedTeacher, DistillationTrainer, DistillationTrainingArguments, GRUClassifier
+from hf_enhance import DistillationTrainer, DistillationTrainingArguments
+from hf_enhance.distillation import CachedTeacher, GRUClassifier
 from tests.tiny import VOCAB, pad_collator, tiny_bert_classifier
 
 

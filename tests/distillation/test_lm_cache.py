@@ -11,14 +11,8 @@ import torch
 from datasets import Dataset
 from torch import nn
 
-from hf_enhance import (
-    TeacherCacheCollator,
-    cache_teacher_logits,
-    distillation_loss,
-    load_teacher_cache,
-    sparse_distillation_loss,
-    with_teacher_cache,
-)
+from hf_enhance import cache_teacher_logits, distillation_loss, sparse_distillation_loss
+from hf_enhance.distillation import TeacherCacheCollator, load_teacher_cache, with_teacher_cache
 from tests.tiny import VOCAB, lm_dataset, pad_collator, tiny_bert_classifier, tiny_gpt2
 
 
