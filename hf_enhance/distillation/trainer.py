@@ -178,7 +178,7 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         # Our loss honours `num_items_in_batch` whatever the student's forward signature: let Trainer count the
         # label tokens (over labels[..., 1:] for causal LMs) and skip its own gradient-accumulation division.
         self.model_accepts_loss_kwargs = True
-        self._loss_shifts_labels = task == "causal_lm"
+        self.count_shifted_labels(task == "causal_lm")
         if not self.label_names:
             self.label_names = ["labels"]
         self._fused: bool | None = None

@@ -36,9 +36,10 @@ TRAINER_PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
     "_issue_warnings_after_load": ("load_result",),
     "get_batch_samples": ("epoch_iterator", "num_batches", "device"),
 }
-# Attributes: Trainer's kept-columns list, the Accelerator's registry of prepared models, and the mark
+# Attributes: Trainer's kept-columns list, its flag for counting causal-LM label tokens after the shift
+# (`count_shifted_labels`), the Accelerator's registry of prepared models, and the mark
 # `Accelerator.prepare_model` leaves on a model (`forget_evaluation_prepare` undoes both).
-TRAINER_PRIVATE_ATTRIBUTES = ("_signature_columns",)
+TRAINER_PRIVATE_ATTRIBUTES = ("_signature_columns", "_loss_shifts_labels")
 ACCELERATOR_PRIVATE_ATTRIBUTES = ("_models",)
 PREPARED_MARK = "_is_accelerate_prepared"
 
@@ -123,6 +124,13 @@ class TrainerInternals(Trainer):
     def _count_batch_items(self, batch_samples: list, device: torch.device) -> torch.Tensor | int | None:
         """The token count that normalises one optimizer step's loss (default: Trainer's label-token count)."""
         return super()._get_num_items_in_batch(batch_samples, device)
+
+    def count_shifted_labels(self, shifted: bool) -> None:
+        """Whether Trainer's label-token count skips each row's first label (a loss that shifts labels itself).
+
+        Trainer decides it from the model's loss type; a trainer computing its own causal-LM loss says it here.
+        """
+        self._loss_shifts_labels = shifted
 
     # ---- the private Trainer methods, each routed to its hook ----
     def _clip_grad_norm(self, model: nn.Module) -> Any:

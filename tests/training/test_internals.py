@@ -9,6 +9,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 from torch import nn
 from transformers import Trainer, TrainingArguments
@@ -57,8 +58,22 @@ def test_hooks_shadow_nothing_in_trainer() -> None:
     assert [name for name in hooks if hasattr(Trainer, name)] == []
 
 
+def test_trainer_counts_label_tokens_after_the_shift_when_told_to(tmp_path: Path) -> None:
+    assert "_loss_shifts_labels" in TRAINER_PRIVATE_ATTRIBUTES
+    trainer = EnhancedTrainer(
+        model=TinyRegressor(), args=TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    )
+    trainer.model_accepts_loss_kwargs = True  # as DistillationTrainer: Trainer counts only for such losses
+    batch = {"labels": torch.tensor([[5, 6, 7, -100], [8, 9, -100, -100]])}
+    counts = {}
+    for shifted in (False, True):
+        trainer.count_shifted_labels(shifted)
+        counts[shifted] = int(trainer._count_batch_items([batch], torch.device("cpu")))
+    assert counts == {False: 5, True: 3}
+
+
 def test_trainer_keeps_its_signature_columns_in_the_attribute_we_extend(tmp_path: Path) -> None:
-    assert TRAINER_PRIVATE_ATTRIBUTES == ("_signature_columns",)
+    assert "_signature_columns" in TRAINER_PRIVATE_ATTRIBUTES
     trainer = Trainer(
         model=TinyRegressor(), args=TrainingArguments(output_dir=str(tmp_path), report_to="none")
     )
