@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from hf_enhance.params import cli as params_cli
+from hf_enhance.params import plan_cli
 
 __all__ = ["build_parser", "main"]
 
@@ -21,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     params_cli.add_arguments(params).set_defaults(run=params_cli.run)
+    plan = commands.add_parser(
+        "plan",
+        help="per-GPU memory of distilling a teacher into a student, per set-up (no download, no weights)",
+        description=plan_cli.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan_cli.add_arguments(plan).set_defaults(run=plan_cli.run)
     return parser
 
 

@@ -15,6 +15,7 @@ from hf_enhance.distillation.lm_cache import (
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.on_policy import PromptCompletionCollator
 from hf_enhance.distillation.report import TeacherStudentReport, teacher_student_report
+from hf_enhance.distillation.sharded import shard_teacher, vocab_parallel_distillation_loss
 from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.students import GRUClassifier
 from hf_enhance.distillation.trainer import DistillationTrainer
@@ -35,7 +36,9 @@ __all__ = [
     "generate_teacher_texts",
     "hidden_state_loss",
     "load_teacher_cache",
+    "shard_teacher",
     "sparse_distillation_loss",
     "teacher_student_report",
+    "vocab_parallel_distillation_loss",
     "with_teacher_cache",
 ]

@@ -26,6 +26,7 @@ from hf_enhance.distillation.losses import (
     check_distillation_settings,
     check_label_ids,
 )
+from hf_enhance.distillation.vocab import Vocabulary
 
 DEFAULT_CHUNK_SIZE = 256
 """Tokens per chunk, from benchmarks/results/kd_loss_memory.md (CPU, H=576, N=2048): at V=49152 the CPU time
@@ -73,7 +74,7 @@ def fused_distillation_loss(
         when a bf16 model's logits are passed to `distillation_loss`. Backward may run once per call.
     """
     check_distillation_settings(alpha, temperature, kind, beta)
-    hidden_size = _check_inputs(
+    check_fused_inputs(
         student_hidden,
         student_head_weight,
         student_head_bias,
@@ -82,36 +83,50 @@ def fused_distillation_loss(
         teacher_head_bias,
         labels,
         chunk_size,
-        ignore_index,
     )
-    flat_student = student_hidden.reshape(-1, hidden_size[0])
-    flat_teacher = teacher_hidden.detach().reshape(-1, hidden_size[1])
-    flat_labels = None if labels is None else labels.reshape(-1)
+    if labels is not None:
+        check_label_ids(labels[labels != ignore_index], student_head_weight.shape[0])
+    return fused_objective(
+        (student_hidden, student_head_weight, student_head_bias),
+        (teacher_hidden, teacher_head_weight, teacher_head_bias),
+        labels,
+        Vocabulary(),
+        alpha=alpha,
+        temperature=temperature,
+        kind=kind,
+        beta=beta,
+        chunk_size=chunk_size,
+        ignore_index=ignore_index,
+    )
+
+
+def fused_objective(
+    student: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    labels: torch.Tensor | None,
+    vocab: Vocabulary,
+    **settings: Any,
+) -> DistillationOutput:
+    """The checked-inputs body of `fused_distillation_loss`: ``(hidden, head weight, head bias)`` per model, over
+    the columns `vocab` says this process holds (all of them, or one rank's slice of a vocabulary-parallel head)."""
+    student_hidden, student_weight, student_bias = student
+    teacher_hidden, teacher_weight, teacher_bias = teacher
     needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (student_hidden, student_head_weight, student_head_bias)
+        t is not None and t.requires_grad for t in (student_hidden, student_weight, student_bias)
     )
-    settings = {
-        "alpha": alpha,
-        "temperature": temperature,
-        "kind": kind,
-        "beta": beta,
-        "chunk_size": chunk_size,
-        "ignore_index": ignore_index,
-        "needs_grad": needs_grad,
-    }
     loss, kd, ce, num_tokens = _FusedDistillation.apply(
-        flat_student,
-        student_head_weight,
-        student_head_bias,
-        flat_teacher,
-        teacher_head_weight.detach(),
-        None if teacher_head_bias is None else teacher_head_bias.detach(),
-        flat_labels,
-        settings,
+        student_hidden.reshape(-1, student_hidden.shape[-1]),
+        student_weight,
+        student_bias,
+        teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1]),
+        teacher_weight.detach(),
+        None if teacher_bias is None else teacher_bias.detach(),
+        None if labels is None else labels.reshape(-1),
+        {**settings, "needs_grad": needs_grad, "vocab": vocab},
     )
-    if labels is None:
-        return DistillationOutput(loss=loss, kd_loss=kd, ce_loss=None, num_tokens=num_tokens)
-    return DistillationOutput(loss=loss, kd_loss=kd, ce_loss=ce, num_tokens=num_tokens)
+    return DistillationOutput(
+        loss=loss, kd_loss=kd, ce_loss=None if labels is None else ce, num_tokens=num_tokens
+    )
 
 
 class _FusedDistillation(torch.autograd.Function):
@@ -128,6 +143,7 @@ class _FusedDistillation(torch.autograd.Function):
         settings: dict[str, Any],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         device, full_shape = student_hidden.device, student_hidden.shape
+        vocab = settings["vocab"]
         rows = None
         if labels is not None:
             # Gather the kept rows once; the chunks are then views of these small [tokens, H] tensors.
@@ -135,6 +151,10 @@ class _FusedDistillation(torch.autograd.Function):
             student_hidden, teacher_hidden, labels = (
                 t.index_select(0, rows) for t in (student_hidden, teacher_hidden, labels)
             )
+        # Vocabulary-parallel: every rank runs all ranks' tokens on its own columns; `own` are this rank's rows.
+        student_hidden, own = vocab.gather_rows(student_hidden)
+        teacher_hidden = vocab.gather_rows(teacher_hidden)[0]
+        labels = None if labels is None else vocab.gather_rows(labels)[0]
         num_tokens = student_hidden.shape[0]
         denominator = max(num_tokens, 1)
         grads = None
@@ -158,8 +178,10 @@ class _FusedDistillation(torch.autograd.Function):
                 scale,
                 None if grads is None else (grads[0][chunk], *grads[1:]),
             )
-        if grads is not None and rows is not None:
-            grad_hidden = grads[0].new_zeros(full_shape).index_copy_(0, rows, grads[0])
+        if grads is not None:
+            grad_hidden = vocab.sum_rows(grads[0], own)
+            if rows is not None:
+                grad_hidden = grad_hidden.new_zeros(full_shape).index_copy_(0, rows, grad_hidden)
             grads = (grad_hidden, *grads[1:])
         loss, kd, ce = (total.clone() for total in sums / denominator)
         ctx.grads = grads
@@ -201,6 +223,7 @@ def _chunk(
     function of its own so that the chunk's ``[rows, V]`` tensors are freed when it returns.
     """
     student_weight, student_bias, teacher_weight, teacher_bias = heads
+    vocab = settings["vocab"]
     teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias).float()
     student_logits = F.linear(student_hidden, student_weight, student_bias).float()
     alpha = settings["alpha"] if labels is not None else 1.0
@@ -213,20 +236,21 @@ def _chunk(
         settings["temperature"],
         grad_scale=None if grads is None else scale * alpha,
         labels=chunk_labels,
+        vocab=vocab,
     )
     kd = kd_rows.sum()
     ce = torch.zeros_like(kd)
     if chunk_labels is not None:
-        label_logits = student_logits.gather(1, chunk_labels)
+        label_logits = vocab.at(student_logits, chunk_labels)
         if label_log_probs is None:  # T != 1: the label term needs the T = 1 normaliser
-            log_norm = torch.logsumexp(student_logits, dim=-1, keepdim=True)
+            log_norm = vocab.logsumexp(student_logits)
         else:
             log_norm = label_logits - label_log_probs
         ce = (log_norm - label_logits).sum()
         if grad_logits is not None and alpha < 1.0:
             # d CE / d logits = softmax(logits) - one_hot(label).
             probs = student_logits.sub_(log_norm).exp_()
-            probs.scatter_add_(1, chunk_labels, torch.full_like(probs[:, :1], -1.0))
+            vocab.one_hot_add(probs, chunk_labels, -1.0)
             grad_logits.addcmul_(probs, scale, value=1.0 - alpha)
     if grad_logits is not None and grads is not None:
         grad_hidden, grad_weight, grad_bias = grads
@@ -244,7 +268,8 @@ def _divergence_and_grad(
     beta: float,
     temperature: float,
     grad_scale: torch.Tensor | None,
-    labels: torch.Tensor | None = None,
+    labels: torch.Tensor | None,
+    vocab: Vocabulary,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-row T^2 * D(teacher_T, student_T) of `divergence`, and ``grad_scale`` x its gradient w.r.t. the student
     logits (None when ``grad_scale`` is None). At T = 1 also the student's log-probabilities of ``labels``
@@ -254,16 +279,17 @@ def _divergence_and_grad(
     forward KL  d/dz = (p - p_t) / T;  reverse KL  d/dz = p * (s - t - KL(p || p_t)) / T;
     JSD         d/dz = (1 - beta) * p * (s - m - KL(p || m)) / T, with m = log(beta * p_t + (1 - beta) * p).
     Both are multiplied by the T^2 factor of the objective. Reuses its buffers in place: at most five [rows, V]
-    tensors live at once, and every scalar factor is folded into one multiplication.
+    tensors live at once, and every scalar factor is folded into one multiplication. With a `ShardedVocabulary`
+    the logits are this rank's columns and the row-wide terms (normalisers, divergences) are all-reduced.
     """
     if kind == "jsd" and beta == 0.0:
         kind = "forward_kl"
     elif kind == "jsd" and beta == 1.0:
         kind = "reverse_kl"
     inv_t = 1.0 / temperature
-    s = F.log_softmax(student_logits * inv_t if temperature != 1.0 else student_logits, dim=-1)
-    t = F.log_softmax(teacher_logits * inv_t if temperature != 1.0 else teacher_logits, dim=-1)
-    label_log_probs = s.gather(1, labels) if labels is not None and temperature == 1.0 else None
+    s = vocab.log_softmax(student_logits * inv_t if temperature != 1.0 else student_logits)
+    t = vocab.log_softmax(teacher_logits * inv_t if temperature != 1.0 else teacher_logits)
+    label_log_probs = vocab.at(s, labels) if labels is not None and temperature == 1.0 else None
     # Zero probabilities (-inf logits: masked tokens, a -inf head bias) contribute 0 · log 0 = 0: floored at the
     # lowest finite float, exp() is still 0 and 0 · (finite) stays 0 instead of NaN (as in `divergence`).
     floor = torch.finfo(s.dtype).min
@@ -273,13 +299,13 @@ def _divergence_and_grad(
     grad = None
     if kind == "forward_kl":
         p_t = t.exp()
-        value = torch.linalg.vecdot(p_t, t.sub_(s))
+        value = vocab.sum(torch.linalg.vecdot(p_t, t.sub_(s)))
         if needs_grad:
             grad = s.exp_().sub_(p_t).mul_(grad_scale * temperature)
     elif kind == "reverse_kl":
         p = s.exp()
         gap = s.sub_(t)
-        value = torch.linalg.vecdot(p, gap)
+        value = vocab.sum(torch.linalg.vecdot(p, gap))
         if needs_grad:
             grad = gap.sub_(value.unsqueeze(1)).mul_(p).mul_(grad_scale * temperature)
     else:
@@ -287,9 +313,10 @@ def _divergence_and_grad(
         # float only touches tokens whose probability is below that under both models, whose terms vanish.
         p_t, p = t.exp(), s.exp()
         mixture = p_t.mul(beta).add_(p, alpha=1.0 - beta).clamp_(min=torch.finfo(p.dtype).tiny).log_()
-        kl_teacher = torch.linalg.vecdot(p_t, t.sub_(mixture))
         gap = s.sub_(mixture)
-        kl_student = torch.linalg.vecdot(p, gap)
+        kl_teacher, kl_student = vocab.sum(
+            torch.stack([torch.linalg.vecdot(p_t, t.sub_(mixture)), torch.linalg.vecdot(p, gap)])
+        )
         value = beta * kl_teacher + (1.0 - beta) * kl_student
         if needs_grad:
             grad = gap.sub_(kl_student.unsqueeze(1)).mul_(p).mul_(grad_scale * ((1.0 - beta) * temperature))
@@ -297,7 +324,7 @@ def _divergence_and_grad(
     return value * temperature**2, label_log_probs, grad
 
 
-def _check_inputs(
+def check_fused_inputs(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
     student_bias: torch.Tensor | None,
@@ -306,9 +333,9 @@ def _check_inputs(
     teacher_bias: torch.Tensor | None,
     labels: torch.Tensor | None,
     chunk_size: int,
-    ignore_index: int,
-) -> tuple[int, int]:
-    """Shape checks with errors that say what to pass instead; returns the two hidden sizes."""
+) -> None:
+    """Shape checks with errors that say what to pass instead (label ids are checked by the caller, which knows
+    the whole vocabulary's size)."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(
             f"chunk_size={chunk_size!r} must be a positive int: it is the number of tokens whose [chunk, V] "
@@ -353,6 +380,3 @@ def _check_inputs(
             f"{tuple(student_hidden.shape[:-1])}. Pass labels aligned with the hidden states (for causal LMs: "
             "hidden[:, :-1] against labels[:, 1:])."
         )
-    if labels is not None:
-        check_label_ids(labels[labels != ignore_index], student_weight.shape[0])
-    return student_hidden.shape[-1], teacher_hidden.shape[-1]

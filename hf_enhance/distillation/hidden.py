@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from hf_enhance.distillation.teacher import logits_of, unwrap
@@ -72,7 +73,11 @@ def hidden_states_match_logits(
             real = logits_of(model(**row))
             with head_bypassed(base) as head:
                 hidden = logits_of(model(**row))
-            rebuilt = F.linear(hidden, head.weight, head.bias)
+            # A head FSDP2 resharded after the forward is gathered for this one check.
+            weight, bias = (
+                t.full_tensor() if isinstance(t, DTensor) else t for t in (head.weight, head.bias)
+            )
+            rebuilt = F.linear(hidden, weight, bias)
     finally:
         model.train(was_training)
     low_precision = mixed_precision or real.dtype in (torch.float16, torch.bfloat16)

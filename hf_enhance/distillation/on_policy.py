@@ -19,10 +19,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from datasets import Dataset
 from torch import nn
 
 from hf_enhance.distillation.lm_cache import CACHE_BATCH_KEYS
+from hf_enhance.distillation.sharded import is_sharded
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -268,6 +270,11 @@ def sample_completions(
         top_k=top_k if sample else None,
         pad_token_id=pad_token_id,
         eos_token_id=eos_token_id,
+        # FSDP2 sharding (ours or accelerate's) is not what transformers detects: keep every rank stepping until
+        # all are done, since each forward gathers weights collectively. None lets transformers decide otherwise.
+        synced_gpus=True
+        if is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
+        else None,
     )
     return output[:, prompt_ids.shape[1] :].to(prompt_ids.device)
 

@@ -65,6 +65,17 @@ def output_size(model: nn.Module, task: str | None) -> int | None:
     return None
 
 
+def check_weights_present(teacher: nn.Module) -> None:
+    """Refuse a teacher with parameters on the meta device: there is nothing to compute (or shard) with."""
+    on_meta = [name for name, p in teacher.named_parameters() if p.device.type == "meta"]
+    if on_meta:
+        raise ValueError(
+            f"The teacher has {len(on_meta)} parameter(s) on the meta device (first: {on_meta[0]}): they have no "
+            "values to compute with (a model built under init_empty_weights or loaded with device_map='meta'). "
+            "Load the teacher with its weights, e.g. from_pretrained(name) without an empty-weights context."
+        )
+
+
 def check_teacher(teacher: Any, student: nn.Module) -> None:
     """Refuse a teacher that cannot serve: not a model, weights on the meta device, or weights the student uses."""
     if isinstance(teacher, (str, os.PathLike)):
@@ -74,13 +85,7 @@ def check_teacher(teacher: Any, student: nn.Module) -> None:
             f"teacher_model is a {type(teacher).__name__}, not a model. Pass an nn.Module (e.g. "
             "AutoModelForCausalLM.from_pretrained(...)), a hub name or local path, or teacher_cache= for a cache."
         )
-    on_meta = [name for name, p in teacher.named_parameters() if p.device.type == "meta"]
-    if on_meta:
-        raise ValueError(
-            f"The teacher has {len(on_meta)} parameter(s) on the meta device (first: {on_meta[0]}): they have no "
-            "values to compute with (a model built under init_empty_weights or loaded with device_map='meta'). "
-            "Load the teacher with its weights, e.g. from_pretrained(name) without an empty-weights context."
-        )
+    check_weights_present(teacher)
     student_tensors = {
         p.data_ptr(): name for name, p in student.named_parameters() if p.device.type != "meta"
     }

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
 from transformers import default_data_collator
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
@@ -28,6 +29,7 @@ from hf_enhance.distillation.lm_cache import (
 )
 from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
 from hf_enhance.distillation.on_policy import PROMPT_KEYS, TEXT_COLUMNS, OnPolicyDistillation
+from hf_enhance.distillation.sharded import is_sharded, shard_teacher, vocab_parallel_objective
 from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.teacher import (
     check_teacher,
@@ -192,10 +194,22 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         self._set_up_on_policy(task, kwargs.get("train_dataset"))
 
     def _place_teacher(self, teacher: nn.Module) -> nn.Module:
-        """Put the teacher on this rank's device unless it is already spread over devices (`device_map`)."""
-        if getattr(teacher, "hf_device_map", None) is None:
-            teacher = teacher.to(self.accelerator.device)
-        return teacher
+        """Shard the teacher under FSDP2; otherwise put it on this rank's device unless it is already spread
+        over devices (`device_map`)."""
+        if getattr(teacher, "hf_device_map", None) is not None or is_sharded(teacher):
+            return teacher
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if self.is_deepspeed_enabled and getattr(plugin, "zero_stage", None) == 3:
+            raise ValueError(
+                "DeepSpeed ZeRO-3 is not supported for the teacher yet: ZeRO-3 partitions every model loaded "
+                "under it, and a partitioned teacher needs a DeepSpeed inference engine that DistillationTrainer "
+                "does not build. Use FSDP2 (accelerate fsdp_version: 2), which shards the teacher beside the "
+                "student, ZeRO-1/2 with the teacher whole on each GPU, or the offline teacher cache."
+            )
+        if self.is_fsdp_enabled and self.accelerator.is_fsdp2:
+            mesh = init_device_mesh(self.accelerator.device.type, (self.accelerator.num_processes,))
+            return shard_teacher(teacher, mesh)
+        return teacher.to(self.accelerator.device)
 
     def _aligned(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None
@@ -256,7 +270,10 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         fused = (
             not cached
             and model.training
-            and self._predicted_tokens(inputs) > self.args.fused_chunk_size
+            # A sharded teacher's objective is collective: every rank takes the same path whatever its batch.
+            and (
+                is_sharded(self.teacher_model) or self._predicted_tokens(inputs) > self.args.fused_chunk_size
+            )
             and self._fused_ready(model, inputs)
         )
         with self._block_outputs() as block_outputs:
@@ -269,21 +286,51 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         hidden = None if block_outputs is None else self._hidden_term(*block_outputs, inputs, labels)
         # What this micro-batch's means are multiplied by in the loss Trainer sums over the optimizer step (and
         # averages over processes): the logged components get the same weights, so they add up to `loss`.
-        if num_items_in_batch is not None:
+        logged = result
+        if fused and is_sharded(self.teacher_model):
+            weight, processes = self._all_ranks_weight(result, num_items_in_batch)
+            # Every rank holds the same all-rank terms; the logs average over ranks after scaling by processes.
+            logged = dataclasses.replace(
+                result,
+                kd_loss=result.kd_loss / processes,
+                ce_loss=None if result.ce_loss is None else result.ce_loss / processes,
+            )
+        elif num_items_in_batch is not None:
             # Means over this micro-batch become sums over the whole (accumulated, all-device) batch.
             weight = result.num_tokens / num_items_in_batch
             processes = self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
         else:
             weight, processes = 1.0, 1
         loss = result.loss * weight
+        if logged is not result:
+            # Gradient: the all-rank term times `processes` (below), as the gradient average over ranks needs.
+            # Value: 1/processes of that on each rank, so Trainer's mean of the losses over ranks logs the term.
+            loss = loss - (loss * (1 - 1 / processes)).detach()
         share = None
         if hidden is not None:
             share = self._hidden_share(*hidden, result.num_tokens, num_items_in_batch)
             loss = loss + self.args.hidden_weight * share
         if self._on_policy_batch:
-            result = dataclasses.replace(result, ce_loss=None)
-        self._record(result, share, weight, processes, num_items_in_batch is None)
+            logged = dataclasses.replace(logged, ce_loss=None)
+        self._record(logged, share, weight, processes, num_items_in_batch is None)
         return (loss * processes, outputs) if return_outputs else loss * processes
+
+    def _all_ranks_weight(
+        self, result: DistillationOutput, num_items_in_batch: torch.Tensor | int | None
+    ) -> tuple[torch.Tensor | float, int]:
+        """``(weight, processes)`` for a vocabulary-parallel result, which covers every rank's tokens.
+
+        The result is the same on every rank and its gradient reaches each rank's share (its tokens, its head
+        rows): the step needs it weighted by this micro-batch's share of the whole batch (all ranks' tokens
+        over all ranks' count) and multiplied by the process count that FSDP's gradient average divides out.
+        """
+        processes = self.accelerator.num_processes
+        if num_items_in_batch is None:
+            return 1.0, processes
+        if not self.args.average_tokens_across_devices:  # Trainer counted this rank's tokens only
+            local = torch.as_tensor(num_items_in_batch, device=self.accelerator.device, dtype=torch.float32)
+            num_items_in_batch = self.accelerator.reduce(local, reduction="sum")
+        return result.num_tokens / num_items_in_batch, processes
 
     def _logit_objective(
         self, model: nn.Module, inputs: dict[str, Any], labels: torch.Tensor | None
@@ -329,19 +376,23 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
             student_hidden = logits_of(model(**inputs))
         with torch.no_grad(), self.accelerator.autocast(), head_bypassed(self.teacher_model) as teacher_head:
             teacher_hidden = logits_of(self.teacher_model(**inputs))
-        if labels is not None:
-            labels = labels[:, 1:].reshape(-1)
+        labels = None if labels is None else labels[:, 1:]
+        settings = {"chunk_size": self.args.fused_chunk_size, **self._loss_settings()}
+        if is_sharded(self.teacher_model):
+            return vocab_parallel_objective(
+                student_hidden[:, :-1], student_head, teacher_hidden[:, :-1], teacher_head, labels,
+                columns=self._num_columns, **settings,
+            )  # fmt: skip
         columns = self._num_columns
         return fused_distillation_loss(
-            student_hidden[:, :-1].reshape(-1, student_hidden.shape[-1]),
+            student_hidden[:, :-1],
             student_head.weight[:columns],
-            teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1]),
+            teacher_hidden[:, :-1],
             teacher_head.weight[:columns],
             labels,
             student_head_bias=None if student_head.bias is None else student_head.bias[:columns],
             teacher_head_bias=None if teacher_head.bias is None else teacher_head.bias[:columns],
-            chunk_size=self.args.fused_chunk_size,
-            **self._loss_settings(),
+            **settings,
         )
 
     def _loss_settings(self) -> dict[str, Any]:
@@ -366,6 +417,11 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         """Whether this step may use the fused objective; decided (and explained) on the first training step."""
         if self._fused is None:
             self._fused = self._fused_supported(model, inputs)
+            if is_sharded(
+                self.teacher_model
+            ):  # one choice for all ranks: the sharded objective is collective
+                agreed = torch.tensor(float(self._fused), device=self.accelerator.device)
+                self._fused = bool(self.accelerator.reduce(agreed, reduction="mean") == 1.0)
         return self._fused
 
     def _fused_supported(self, model: nn.Module, inputs: dict[str, Any]) -> bool:
@@ -373,8 +429,8 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
             return False
         reason = None
         mixed = self.args.bf16 or self.args.fp16
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            reason = "FSDP/DeepSpeed shard the LM head, whose full weight the fused loss reads"
+        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and not is_sharded(self.teacher_model)):
+            reason = "FSDP1/DeepSpeed shard the LM head, whose full weight the fused loss reads"
         elif plain_lm_head(self._student_base(model)) is None or plain_lm_head(self.teacher_model) is None:
             reason = "a model's head is not a plain nn.Linear (adapted, custom) or its config post-processes logits"
         elif not self._heads_reproduce_logits(model, inputs, mixed):

@@ -1,7 +1,9 @@
-"""Parameter counts and training-memory estimates for any model and fine-tuning method, on the meta device."""
+"""Parameter counts and training-memory estimates for any model and fine-tuning method, and distillation memory
+plans for a teacher and a student, on the meta device."""
 
 from hf_enhance.params.counting import METHODS, count_parameters
 from hf_enhance.params.memory import MEMORY_SETUPS, MemoryEstimate, estimate_memory
+from hf_enhance.params.planner import MemoryPlan, plan_distillation_memory
 from hf_enhance.params.result import ParameterCount
 from hf_enhance.params.zoo import MODEL_ZOO, ZooModel, worked_example, zoo_config
 
@@ -10,10 +12,12 @@ __all__ = [
     "METHODS",
     "MODEL_ZOO",
     "MemoryEstimate",
+    "MemoryPlan",
     "ParameterCount",
     "ZooModel",
     "count_parameters",
     "estimate_memory",
+    "plan_distillation_memory",
     "worked_example",
     "zoo_config",
 ]

@@ -14,14 +14,17 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from hf_enhance.lora import list_lora_presets
 from hf_enhance.params.counting import METHODS, count_parameters
 from hf_enhance.params.report import text_report, text_table
 from hf_enhance.params.zoo import MODEL_ZOO
 
-__all__ = ["add_arguments", "main", "run"]
+__all__ = ["add_arguments", "guarded", "main", "run"]
+
+T = TypeVar("T")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -85,6 +88,26 @@ def _title(model: str, kwargs: dict[str, Any], count_model: str) -> str:
     return " · ".join([shown, kwargs.get("method", "lora"), *details])
 
 
+def guarded(compute: Callable[[], T]) -> tuple[T | None, int]:
+    """``(compute(), 0)``, or ``(None, status)`` after printing ``error: ...``: 2 for input the library refused
+    (its message says what to change), 1 for anything else. A user never gets a traceback;
+    ``HF_ENHANCE_DEBUG=1`` shows it."""
+    try:
+        return compute(), 0
+    except (ValueError, TypeError, KeyError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return None, 2
+    except Exception as error:
+        if os.environ.get("HF_ENHANCE_DEBUG"):
+            raise
+        print(
+            f"error: {type(error).__name__}: {error}\nThis input is not checked yet or hit a bug in hf_enhance; "
+            "please report the command line. Rerun with HF_ENHANCE_DEBUG=1 for the traceback.",
+            file=sys.stderr,
+        )
+        return None, 1
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``params`` command; returns the exit status."""
     if args.list:
@@ -94,20 +117,9 @@ def run(args: argparse.Namespace) -> int:
         print("error: give a model name or config path (see --list).", file=sys.stderr)
         return 2
     kwargs = _count_kwargs(args)
-    try:
-        count = count_parameters(args.model, **kwargs)
-    except (ValueError, TypeError, KeyError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # a user never gets a traceback; HF_ENHANCE_DEBUG=1 shows it
-        if os.environ.get("HF_ENHANCE_DEBUG"):
-            raise
-        print(
-            f"error: {type(error).__name__}: {error}\nThis input is not checked yet or hit a bug in hf_enhance; "
-            "please report the command line. Rerun with HF_ENHANCE_DEBUG=1 for the traceback.",
-            file=sys.stderr,
-        )
-        return 1
+    count, status = guarded(lambda: count_parameters(args.model, **kwargs))
+    if count is None:
+        return status
     if args.json:
         print(json.dumps({"arguments": kwargs, **count.to_dict(modules=args.modules)}, indent=2))
     else:
