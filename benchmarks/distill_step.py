@@ -70,7 +70,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from hf_enhance import DistillationTrainer, DistillationTrainingArguments
-from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
+from hf_enhance.distillation.fused import default_chunk_size
 
 COMMAND = "python benchmarks/distill_step.py"
 METHODS = ("student_ce", "floor", "hf_enhance_fused", "hf_enhance_logits", "trl_gkd", "trl_distillation")
@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": settings,
         "environment": env,
         "models": model_summary(teacher, student),
-        "hf_enhance_fused_chunk_size": DEFAULT_CHUNK_SIZE,
+        "hf_enhance_fused_chunk_size": default_chunk_size(vocab_size(args)),
         "memory_first_losses": {m: r["first_loss"] for m, r in memory.items()},
         "summary": summarize(args, timings, memory),
     }

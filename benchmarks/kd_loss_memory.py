@@ -33,7 +33,7 @@ from _measure import PeakMemory, environment, in_subprocess
 from transformers import HfArgumentParser
 
 from hf_enhance import distillation_loss, fused_distillation_loss
-from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
+from hf_enhance.distillation.fused import default_chunk_size
 
 COMMAND = "python benchmarks/kd_loss_memory.py"
 
@@ -46,7 +46,7 @@ class BenchmarkArguments:
     )
     hidden_size: int = field(default=576, metadata={"help": "Hidden size H of student and teacher heads."})
     chunk_sizes: list[int] = field(
-        default_factory=lambda: [128, 256, 512, 1024],
+        default_factory=lambda: [32, 64, 128, 256, 512, 1024],
         metadata={
             "help": "Chunk sizes swept at the `sweep` sizes (the other sizes use the default chunk size)."
         },
@@ -151,7 +151,7 @@ def run(args: BenchmarkArguments) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for n, v in pairs:
             base = {"n": n, "v": v, "h": args.hidden_size, "kind": args.kind}
-            chunks = args.chunk_sizes if (n, v) in sweep else [DEFAULT_CHUNK_SIZE]
+            chunks = args.chunk_sizes if (n, v) in sweep else [default_chunk_size(v)]
             methods = [("naive", 0)] + [("fused", chunk) for chunk in chunks]
             times = measure("time", {**base, "methods": methods, "repeats": args.repeats})
             naive = None
@@ -206,7 +206,8 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float, lo
         f"Wall and CPU (process) time = best of {args.repeats} rounds at full size, methods interleaved in one "
         "process, after a tiny warm-up (the first round doubles as the full-size warm-up); the CPU time is the "
         "steadier of the two on a machine shared with other jobs. Errors relative to naive (|Δloss|/|loss|, "
-        f"max|Δgrad|/max|grad|). Default chunk size: {DEFAULT_CHUNK_SIZE} (marked *).",
+        f"max|Δgrad|/max|grad|). Default chunk size (marked *): `default_chunk_size(V)`, 1024 at V = 8192, 128 at "
+        "V = 49152.",
         "",
         "| N | V | method | chunk | peak MiB | memory ratio | wall s | wall ratio | CPU s | CPU ratio "
         "| loss err | grad h err | grad W err |",
@@ -219,7 +220,7 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float, lo
             row["n"],
             row["v"],
             row["method"],
-            "-" if chunk is None else f"{chunk}{'*' if chunk == DEFAULT_CHUNK_SIZE else ''}",
+            "-" if chunk is None else f"{chunk}{'*' if chunk == default_chunk_size(row['v']) else ''}",
             f"{row['peak_mib']:.0f}",
             f"{row.get('memory_ratio', 1):.3f}",
             f"{row['time_s']:.2f}",

@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
 from hf_enhance.distillation.intermediate import HIDDEN_DISTANCES, check_hidden_weight
 from hf_enhance.distillation.losses import DIVERGENCE_KINDS, check_distillation_settings
 from hf_enhance.training import EnhancedTrainingArguments
@@ -61,14 +60,16 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
         metadata={
             "help": "Causal LMs: compute the objective from final hidden states and LM-head weights, chunk by "
             "chunk over tokens (hf_enhance.fused_distillation_loss), so no [tokens, vocab] logits are held. "
-            "Used in training steps whose micro-batch has more tokens than fused_chunk_size; falls back to logits with one warning where it cannot apply (FSDP, "
-            "DeepSpeed, adapted or post-processed heads)."
+            "Used in training steps whose micro-batch has more tokens than one chunk; falls back to logits with one "
+            "warning where it cannot apply (FSDP1, DeepSpeed, adapted or post-processed heads)."
         },
     )
-    fused_chunk_size: int = field(
-        default=DEFAULT_CHUNK_SIZE,
+    fused_chunk_size: int | None = field(
+        default=None,
         metadata={
-            "help": "Tokens per chunk of the fused objective: peak extra memory grows with chunk × vocab."
+            "help": "Tokens per chunk of the fused objective: peak extra memory grows with chunk × vocab. None: "
+            "from the vocabulary (hf_enhance.distillation.fused.default_chunk_size: the largest power of two "
+            "whose float32 [chunk, vocab] buffer stays within 32 MiB, between 32 and 1024; 128 at V = 49152)."
         },
     )
     hidden_weight: float = field(
@@ -140,10 +141,11 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
                 f"Unknown distillation_task {self.distillation_task!r}. Valid choices: "
                 f"{', '.join(DISTILLATION_TASKS)}."
             )
-        if self.fused_chunk_size < 1:
+        if self.fused_chunk_size is not None and self.fused_chunk_size < 1:
             raise ValueError(
                 f"fused_chunk_size={self.fused_chunk_size} must be >= 1: it is the number of tokens whose logits "
-                "the fused objective builds at a time. 256 is a good default; lower it to save memory."
+                "the fused objective builds at a time. Leave it None to size it from the vocabulary; lower it "
+                "to save memory."
             )
         self._check_hidden_settings()
         self._check_generation_settings()

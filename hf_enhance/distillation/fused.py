@@ -28,10 +28,21 @@ from hf_enhance.distillation.losses import (
 )
 from hf_enhance.distillation.vocab import Vocabulary
 
-DEFAULT_CHUNK_SIZE = 256
-"""Tokens per chunk, from benchmarks/results/kd_loss_memory.md (CPU, H=576, N=2048): at V=49152 the CPU time
-hardly changes from 128 to 1024 tokens (0.85-0.97x naive) while memory grows with the chunk (256: 0.15x the
-naive peak); at V=8192 chunks of 128 tokens were slower than naive (fixed work per chunk stops amortising)."""
+CHUNK_ELEMENTS = 2**23
+"""Logit entries per ``[chunk, V]`` float32 buffer (32 MiB) that `default_chunk_size` aims for. From
+benchmarks/results/kd_loss_memory.md (CPU, H = 576, N = 2048, forward + backward): at V = 49152, 128 tokens
+(this rule's choice) was the fastest chunk (0.63x naive wall; 64: 0.71x, 256: 0.70x, 1024: 0.64x; 32: 0.89x)
+while memory grows with the chunk (128: 0.07x the naive peak, 256: 0.11x, 1024: 0.33x); at V = 8192 every chunk
+from 128 to 1024 tokens runs at 0.54-0.64x naive."""
+
+MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 32, 1024
+
+
+def default_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk when none is given: the largest power of two with ``chunk * vocab_size <=
+    CHUNK_ELEMENTS``, kept within [32, 1024] (128 at V = 49152, 1024 at V = 8192, 64 at V = 128256)."""
+    rows = max(CHUNK_ELEMENTS // max(vocab_size, 1), 1)
+    return min(max(1 << (rows.bit_length() - 1), MIN_CHUNK_SIZE), MAX_CHUNK_SIZE)
 
 
 def fused_distillation_loss(
@@ -47,7 +58,7 @@ def fused_distillation_loss(
     temperature: float = 2.0,
     kind: DivergenceKind = "forward_kl",
     beta: float = 0.5,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     ignore_index: int = -100,
 ) -> DistillationOutput:
     """`distillation_loss` on ``hidden @ head_weight.T (+ bias)`` of both models, without materialising the logits.
@@ -63,8 +74,8 @@ def fused_distillation_loss(
             ``None`` distils every position with no label term.
         student_head_bias, teacher_head_bias: optional ``[V]`` biases of the heads.
         alpha, temperature, kind, beta, ignore_index: as in `distillation_loss`.
-        chunk_size: tokens per chunk; peak extra memory grows with ``chunk_size * V`` (a float32
-            ``[chunk_size, V]`` buffer is 48 MiB at the default 256 and V = 49152).
+        chunk_size: tokens per chunk; peak extra memory grows with ``chunk_size * V`` (a few float32
+            ``[chunk_size, V]`` buffers). None: `default_chunk_size(V)`, 32 MiB per buffer.
 
     Returns:
         A `DistillationOutput` with the same values as `distillation_loss` on the materialised logits. Only
@@ -84,8 +95,9 @@ def fused_distillation_loss(
         labels,
         chunk_size,
     )
+    vocab_size = student_head_weight.shape[0]
     if labels is not None:
-        check_label_ids(labels[labels != ignore_index], student_head_weight.shape[0])
+        check_label_ids(labels[labels != ignore_index], vocab_size)
     return fused_objective(
         (student_hidden, student_head_weight, student_head_bias),
         (teacher_hidden, teacher_head_weight, teacher_head_bias),
@@ -95,7 +107,7 @@ def fused_distillation_loss(
         temperature=temperature,
         kind=kind,
         beta=beta,
-        chunk_size=chunk_size,
+        chunk_size=default_chunk_size(vocab_size) if chunk_size is None else chunk_size,
         ignore_index=ignore_index,
     )
 
@@ -332,14 +344,17 @@ def check_fused_inputs(
     teacher_weight: torch.Tensor,
     teacher_bias: torch.Tensor | None,
     labels: torch.Tensor | None,
-    chunk_size: int,
+    chunk_size: int | None,
 ) -> None:
     """Shape checks with errors that say what to pass instead (label ids are checked by the caller, which knows
     the whole vocabulary's size)."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
         raise ValueError(
             f"chunk_size={chunk_size!r} must be a positive int: it is the number of tokens whose [chunk, V] "
-            f"logits are held at once. The default is {DEFAULT_CHUNK_SIZE}; lower it to save memory."
+            "logits are held at once. Leave it None for default_chunk_size(V) (32 MiB per float32 buffer); "
+            "lower it to save memory."
         )
     for name, hidden, weight in (
         ("student", student_hidden, student_weight),

@@ -24,7 +24,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 
-from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE, check_fused_inputs, fused_objective
+from hf_enhance.distillation.fused import check_fused_inputs, default_chunk_size, fused_objective
 from hf_enhance.distillation.losses import (
     DistillationOutput,
     DivergenceKind,
@@ -72,7 +72,7 @@ def vocab_parallel_distillation_loss(
     temperature: float = 2.0,
     kind: DivergenceKind = "forward_kl",
     beta: float = 0.5,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     ignore_index: int = -100,
 ) -> DistillationOutput:
     """`fused_distillation_loss` over the tokens of every rank of ``group``, each rank holding a slice of the heads.
@@ -118,6 +118,8 @@ def vocab_parallel_distillation_loss(
         error = caught
     _agree(error, group, device)
     start = sum(student for student, _ in rows[: dist.get_rank(group)])
+    if chunk_size is None:  # sized by the whole vocabulary: each rank's buffers are then 1/N of one process's
+        chunk_size = default_chunk_size(sum(student for student, _ in rows))
     return fused_objective(
         (student_hidden, student_head_shard, student_head_bias),
         (teacher_hidden, teacher_head_shard, teacher_head_bias),

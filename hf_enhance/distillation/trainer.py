@@ -15,7 +15,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from transformers import default_data_collator
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
-from hf_enhance.distillation.fused import fused_distillation_loss
+from hf_enhance.distillation.fused import MAX_CHUNK_SIZE, default_chunk_size, fused_distillation_loss
 from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_logits, plain_lm_head
 from hf_enhance.distillation.hidden_trainer import HIDDEN_PROJECTIONS_NAME as HIDDEN_PROJECTIONS_NAME
 from hf_enhance.distillation.hidden_trainer import HiddenStateDistillation
@@ -271,9 +271,7 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
             not cached
             and model.training
             # A sharded teacher's objective is collective: every rank takes the same path whatever its batch.
-            and (
-                is_sharded(self.teacher_model) or self._predicted_tokens(inputs) > self.args.fused_chunk_size
-            )
+            and (is_sharded(self.teacher_model) or self._predicted_tokens(inputs) > self._chunk_size())
             and self._fused_ready(model, inputs)
         )
         with self._block_outputs() as block_outputs:
@@ -406,6 +404,12 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
 
     def _student_base(self, model: nn.Module) -> nn.Module:
         return unwrap(self.accelerator.unwrap_model(model))
+
+    def _chunk_size(self) -> int:
+        """Tokens per chunk of the fused objective: the argument, or sized from the vocabulary when known."""
+        if self.args.fused_chunk_size is not None:
+            return self.args.fused_chunk_size
+        return default_chunk_size(self._num_columns) if self._num_columns else MAX_CHUNK_SIZE
 
     @staticmethod
     def _predicted_tokens(inputs: dict[str, Any]) -> int:

@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 
-from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
 from hf_enhance.params.cli import guarded
 from hf_enhance.params.planner import (
     DEFAULT_TOP_K,
@@ -54,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--chunk-size",
         type=int,
-        default=DEFAULT_CHUNK_SIZE,
-        help=f"Tokens per chunk of the fused loss (default {DEFAULT_CHUNK_SIZE}).",
+        default=None,
+        help="Tokens per chunk of the fused loss (default: from the vocabulary, as DistillationTrainer does).",
     )
     parser.add_argument(
         "--tokens", type=_token_count, help="Training tokens of the offline teacher cache, for its disk size."

@@ -36,7 +36,7 @@ from typing import Any
 from torch import nn
 from transformers import PretrainedConfig
 
-from hf_enhance.distillation.fused import DEFAULT_CHUNK_SIZE
+from hf_enhance.distillation.fused import default_chunk_size
 from hf_enhance.modeling import meta_model, repeated_blocks
 from hf_enhance.params.counting import count_parameters
 from hf_enhance.params.result import ParameterCount
@@ -301,7 +301,7 @@ def plan_distillation_memory(
     gpus: int,
     gpu_memory_gib: float = 80.0,
     tokens_per_gpu: int = 4096,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
     cache_tokens: int | None = None,
     top_k: int = DEFAULT_TOP_K,
 ) -> MemoryPlan:
@@ -316,15 +316,18 @@ def plan_distillation_memory(
         gpus: number of GPUs N.
         gpu_memory_gib: memory of one GPU in GiB; a set-up ``fits`` when its total is at most this.
         tokens_per_gpu: tokens per micro-batch on one GPU (the loss buffers grow with it).
-        chunk_size: tokens per chunk of the fused loss (``DistillationTrainingArguments.fused_chunk_size``).
+        chunk_size: tokens per chunk of the fused loss (``DistillationTrainingArguments.fused_chunk_size``);
+            None sizes it from the vocabulary, as the trainer does (`default_chunk_size`).
         cache_tokens: training tokens the offline teacher cache covers; gives ``cache_disk_bytes``.
         top_k: teacher ids kept per token in the offline cache.
 
     Returns:
         A `MemoryPlan`; ``plan.setup("fsdp2").total`` is the fsdp2 bytes per GPU.
     """
-    _check_arguments(gpus, gpu_memory_gib, tokens_per_gpu, chunk_size, cache_tokens, top_k)
     big, small = _profile("teacher", teacher), _profile("student", student)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(big.vocab_size)
+    _check_arguments(gpus, gpu_memory_gib, tokens_per_gpu, chunk_size, cache_tokens, top_k)
     if big.vocab_size != small.vocab_size:
         raise ValueError(
             f"The teacher's LM head has {big.vocab_size} vocabulary rows, the student's {small.vocab_size}: the "
