@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hf_enhance import distillation_loss, fused_distillation_loss
+from hf_enhance.distillation.fused import default_chunk_size
 
 N, V, H_S, H_T = 37, 101, 16, 24
 
@@ -207,3 +208,29 @@ def test_under_autocast_mixed_dtypes_match_the_autocast_naive_path() -> None:
     assert grads[0].dtype == torch.bfloat16 and grads[1].dtype == torch.float32
     for got, want in zip(grads, expected_grads, strict=True):
         assert_close_rel(got, want, 2e-2)
+
+
+@pytest.mark.parametrize(
+    ("vocab_size", "chunk"),
+    [(97, 1024), (8192, 1024), (32000, 256), (49152, 128), (128256, 64), (262144, 32)],
+)
+def test_the_default_chunk_keeps_one_float32_buffer_within_32_mib(vocab_size: int, chunk: int) -> None:
+    assert default_chunk_size(vocab_size) == chunk
+    assert (
+        chunk * vocab_size * 4 <= 32 * 2**20 or chunk == 32
+    )  # 32 tokens is the floor, whatever the vocabulary
+
+
+def test_no_chunk_size_means_the_vocabulary_sized_default() -> None:
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(300, 8, requires_grad=True), torch.randn(40_000, 8, requires_grad=True)
+    teacher_hidden, teacher_weight = torch.randn(300, 8), torch.randn(40_000, 8)
+    labels = torch.randint(0, 40_000, (300,))
+    default = fused_distillation_loss(hidden, weight, teacher_hidden, teacher_weight, labels)
+    explicit = fused_distillation_loss(hidden, weight, teacher_hidden, teacher_weight, labels, chunk_size=128)
+    one_chunk = fused_distillation_loss(
+        hidden, weight, teacher_hidden, teacher_weight, labels, chunk_size=300
+    )
+    assert default_chunk_size(40_000) == 128
+    assert torch.equal(default.loss, explicit.loss)  # same chunks, same float summation order
+    torch.testing.assert_close(default.loss, one_chunk.loss, rtol=1e-6, atol=0)
