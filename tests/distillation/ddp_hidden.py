@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from hf_enhance.distillation import DistillationTrainer, DistillationTrainingArguments
+from tests.launch import finish_worker
 from tests.tiny import lm_dataset, pad_collator, tiny_gpt2
 
 
@@ -47,3 +48,4 @@ if __name__ == "__main__":
     state = train(directory / "run", per_device_batch=2)
     rank = torch.distributed.get_rank()
     torch.save(state, directory / f"rank{rank}.pt")
+    finish_worker()

@@ -20,6 +20,7 @@ from hf_enhance.distillation import (
 )
 from tests.distillation.test_on_policy import gpt2
 from tests.examples.tiny_lm import tiny_tokenizer
+from tests.launch import finish_worker
 
 # Prompts of one token length: the processes' batches then need no more left padding than the single batch, so
 # greedy decoding sees bit-identical inputs however the rows are split.
@@ -52,6 +53,4 @@ if __name__ == "__main__":
     directory = Path(sys.argv[1])
     state = train(directory / "run", per_device_batch=2)
     torch.save(state, directory / f"rank{torch.distributed.get_rank()}.pt")
-    # Tear the group down once both ranks are here: left to exit-time destructors, gloo can abort a rank.
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    finish_worker()

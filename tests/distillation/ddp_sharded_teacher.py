@@ -15,6 +15,7 @@ import torch
 
 from hf_enhance.distillation import DistillationTrainer, DistillationTrainingArguments
 from hf_enhance.distillation.sharded import shard_teacher
+from tests.launch import finish_worker
 from tests.tiny import PLAIN_SGD, lm_dataset, pad_collator, tiny_gpt2
 
 
@@ -51,3 +52,4 @@ if __name__ == "__main__":
     directory = Path(sys.argv[1])
     state = train(directory / "run", per_device_batch=2, shard=True)
     torch.save(state, directory / f"rank{torch.distributed.get_rank()}.pt")
+    finish_worker()

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from hf_enhance.training import EnhancedTrainer
+from tests.launch import finish_worker
 from tests.training.tiny import TinyRegressor, make_args, regression_data, scripted_metric
 
 
@@ -34,10 +35,8 @@ def main(output_dir: str) -> None:
     trainer.train()
     result = {"world_size": args.world_size, "step": trainer.state.global_step, "reason": trainer.stop_reason}
     (Path(output_dir) / f"rank{rank}.json").write_text(json.dumps(result))
-    # Tear the group down once both ranks are here: left to exit-time destructors, gloo can abort a rank.
-    trainer.accelerator.wait_for_everyone()
-    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    finish_worker()
