@@ -285,7 +285,10 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         # What this micro-batch's means are multiplied by in the loss Trainer sums over the optimizer step (and
         # averages over processes): the logged components get the same weights, so they add up to `loss`.
         logged = result
-        if fused and is_sharded(self.teacher_model):
+        all_ranks = fused and is_sharded(
+            self.teacher_model
+        )  # a vocabulary-parallel result: every rank's tokens
+        if all_ranks:
             weight, processes = self._all_ranks_weight(result, num_items_in_batch)
             # Every rank holds the same all-rank terms; the logs average over ranks after scaling by processes.
             logged = dataclasses.replace(
@@ -300,7 +303,7 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         else:
             weight, processes = 1.0, 1
         loss = result.loss * weight
-        if logged is not result:
+        if all_ranks:
             # Gradient: the all-rank term times `processes` (below), as the gradient average over ranks needs.
             # Value: 1/processes of that on each rank, so Trainer's mean of the losses over ranks logs the term.
             loss = loss - (loss * (1 - 1 / processes)).detach()
