@@ -257,52 +257,54 @@ def _zoo_model(name: str, device: torch.device) -> nn.Module:
         return AutoModelForCausalLM.from_config(zoo_config(name), dtype=torch.bfloat16)
 
 
+def _gpu_setup(args: BenchmarkArguments, setup: str, device: torch.device, world: int) -> dict[str, float]:
+    """Train ``args.steps`` steps with the teacher ``setup`` ("replicated" or "sharded"); everything it builds is
+    freed when it returns, so the next setup's peak starts from an empty GPU."""
+    torch.cuda.empty_cache()
+    student = shard_like_accelerate(_zoo_model(args.student, device))
+    teacher = _zoo_model(args.teacher, device).eval().requires_grad_(False)
+    if setup == "sharded":
+        shard_teacher(teacher)  # the whole copy each GPU built is freed once its shard is kept
+    torch.cuda.reset_peak_memory_stats(device)  # from here: resident models + training steps
+    optimizer = torch.optim.SGD(student.parameters(), lr=1e-4)
+    columns = min(model.config.vocab_size for model in (student, teacher))
+    ids = torch.randint(0, columns, (args.tokens // 512 or 1, 512), device=device)
+    times = []
+    for _ in range(args.steps):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        hidden, head = _hidden(student, ids)
+        with torch.no_grad():
+            teacher_hidden, teacher_head = _hidden(teacher, ids)
+        labels = ids[:, 1:]
+        if setup == "sharded":
+            loss = vocab_parallel_objective(hidden, head, teacher_hidden, teacher_head, labels).loss * world
+        else:  # the first `columns` rows: a bigger head's extra rows are embedding padding
+            loss = fused_distillation_loss(
+                hidden, head.weight[:columns], teacher_hidden, teacher_head.weight[:columns], labels
+            ).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    local = (p.to_local() if isinstance(p, DTensor) else p for p in teacher.parameters())
+    teacher_bytes = sum(t.numel() * t.element_size() for t in local)
+    peak = torch.tensor([torch.cuda.max_memory_allocated(device)], device=device)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    return {
+        "peak_gib_per_gpu": round(peak.item() / 2**30, 2),
+        "teacher_gib_per_gpu": round(teacher_bytes / 2**30, 2),
+        "step_s": round(min(times[1:] or times), 3),
+    }
+
+
 def gpu_worker(args: BenchmarkArguments) -> dict[str, Any]:
     world = dist.get_world_size()
     device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     torch.cuda.set_device(device)
-    rows = {}
-    for setup in ("replicated", "sharded"):
-        torch.cuda.empty_cache()
-        student = shard_like_accelerate(_zoo_model(args.student, device))
-        teacher = _zoo_model(args.teacher, device).eval().requires_grad_(False)
-        if setup == "sharded":
-            shard_teacher(teacher)  # the whole copy each GPU built is freed once its shard is kept
-        torch.cuda.reset_peak_memory_stats(device)  # from here: resident models + training steps
-        optimizer = torch.optim.SGD(student.parameters(), lr=1e-4)
-        columns = min(model.config.vocab_size for model in (student, teacher))
-        ids = torch.randint(0, columns, (args.tokens // 512 or 1, 512), device=device)
-        times = []
-        for _ in range(args.steps):
-            torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            hidden, head = _hidden(student, ids)
-            with torch.no_grad():
-                teacher_hidden, teacher_head = _hidden(teacher, ids)
-            labels = ids[:, 1:]
-            if setup == "sharded":
-                loss = (
-                    vocab_parallel_objective(hidden, head, teacher_hidden, teacher_head, labels).loss * world
-                )
-            else:  # the first `columns` rows: a bigger head's extra rows are embedding padding
-                loss = fused_distillation_loss(
-                    hidden, head.weight[:columns], teacher_hidden, teacher_head.weight[:columns], labels
-                ).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        local = [p.to_local() if isinstance(p, DTensor) else p for p in teacher.parameters()]
-        peak = torch.tensor([torch.cuda.max_memory_allocated(device)], device=device)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        rows[setup] = {
-            "peak_gib_per_gpu": round(peak.item() / 2**30, 2),
-            "teacher_gib_per_gpu": round(sum(t.numel() * t.element_size() for t in local) / 2**30, 2),
-            "step_s": round(min(times[1:] or times), 3),
-        }
-        del student, teacher, optimizer, hidden, teacher_hidden, loss
-    return {"gpus": world, "rows": rows}
+    rows = {setup: _gpu_setup(args, setup, device, world) for setup in ("replicated", "sharded")}
+    return {"gpus": world, "device": torch.cuda.get_device_name(device), "rows": rows}
 
 
 def _launch(args: BenchmarkArguments, argv: list[str], nproc: int) -> dict[str, Any]:
@@ -365,8 +367,8 @@ def _markdown(payload: dict[str, Any]) -> str:
         for run in payload["runs"]:
             for setup, row in run["rows"].items():
                 lines.append(
-                    f"| {run['gpus']} | {setup} | {row['peak_gib_per_gpu']} | {row['teacher_gib_per_gpu']} "
-                    f"| {row['step_s']} |"
+                    f"| {run['gpus']} × {run['device']} | {setup} | {row['peak_gib_per_gpu']} "
+                    f"| {row['teacher_gib_per_gpu']} | {row['step_s']} |"
                 )
     return "\n".join(lines) + "\n"
 
@@ -376,16 +378,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     (args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(argv)
     if args.worker:
         dist.init_process_group("gloo" if args.cpu else "nccl")
-        try:
-            measured = cpu_worker(args) if args.cpu else gpu_worker(args)
-            everyone = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, measured)
-        finally:
-            dist.barrier()
-            dist.destroy_process_group()
+        measured = cpu_worker(args) if args.cpu else gpu_worker(args)
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, measured)
         if int(os.environ["RANK"]) == 0:
             Path(args.worker).write_text(json.dumps(everyone))
-        return None
+        # Exit right after a barrier: gloo torn down at interpreter exit aborts a rank about one run in five
+        # (pytorch/pytorch#190489).
+        dist.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     started = time.perf_counter()
     if args.cpu:
         ranks = _launch(args, argv, args.nproc)

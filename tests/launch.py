@@ -29,14 +29,17 @@ def torchrun_two_processes(
     timeout: float,
     meanwhile: Callable[[], Any] | None = None,
     hang_message: str = "the two processes did not finish",
+    processes: int = 2,
 ) -> Any:
-    """Run `python -m module *args` in 2 processes; returns what `meanwhile()` (run here while they work) returns.
+    """Run `python -m module *args` in `processes` processes (2 by default); returns what `meanwhile()` (run here
+    while they work) returns.
 
     Fails the test with the processes' output when they exit non-zero, and with `hang_message` when they do not
     finish in `timeout` seconds (torchrun passes SIGTERM on to its workers; a second timeout kills the group).
     """
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+    path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
                str(_free_port()), "-m", module, *args]  # fmt: skip
     with subprocess.Popen(
         command,
@@ -58,6 +61,7 @@ def torchrun_two_processes(
                 os.killpg(proc.pid, signal.SIGKILL)
             pytest.fail(hang_message)
     assert proc.returncode == 0, output[-3000:]
+    print(output[-3000:])  # shown by pytest when a later assertion fails
     return result
 
 

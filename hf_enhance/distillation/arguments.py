@@ -61,7 +61,7 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
             "help": "Causal LMs: compute the objective from final hidden states and LM-head weights, chunk by "
             "chunk over tokens (hf_enhance.fused_distillation_loss), so no [tokens, vocab] logits are held. "
             "Used in training steps whose micro-batch has more tokens than one chunk; falls back to logits with one "
-            "warning where it cannot apply (FSDP1, DeepSpeed, adapted or post-processed heads)."
+            "warning where it cannot apply (FSDP1, adapted or post-processed heads)."
         },
     )
     fused_chunk_size: int | None = field(

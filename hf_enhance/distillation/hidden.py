@@ -14,10 +14,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from hf_enhance.distillation.teacher import logits_of, unwrap
+from hf_enhance.distillation.zero3 import gathered
 
 # Config attributes that mean the model transforms hidden @ W.T before returning logits.
 _LOGIT_POSTPROCESSING = (
@@ -37,7 +39,9 @@ def plain_lm_head(model: nn.Module) -> nn.Linear | None:
     if any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_POSTPROCESSING):
         return None
     head = base.get_output_embeddings()
-    return head if type(head) is nn.Linear else None
+    # FSDP2 gives a module it shards on its own a subclass of (FSDPModule, its class): FSDPLinear is still a plain head.
+    cls = type(head).__bases__[1] if isinstance(head, FSDPModule) else type(head)
+    return head if cls is nn.Linear else None
 
 
 @contextmanager
@@ -73,11 +77,12 @@ def hidden_states_match_logits(
             real = logits_of(model(**row))
             with head_bypassed(base) as head:
                 hidden = logits_of(model(**row))
-            # A head FSDP2 resharded after the forward is gathered for this one check.
-            weight, bias = (
-                t.full_tensor() if isinstance(t, DTensor) else t for t in (head.weight, head.bias)
-            )
-            rebuilt = F.linear(hidden, weight, bias)
+            # A head FSDP2 resharded after the forward, or ZeRO-3 partitioned, is gathered for this one check.
+            with gathered(head):
+                weight, bias = (
+                    t.full_tensor() if isinstance(t, DTensor) else t for t in (head.weight, head.bias)
+                )
+                rebuilt = F.linear(hidden, weight, bias)
     finally:
         model.train(was_training)
     low_precision = mixed_precision or real.dtype in (torch.float16, torch.bfloat16)

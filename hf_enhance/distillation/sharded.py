@@ -31,7 +31,7 @@ from hf_enhance.distillation.losses import (
     check_distillation_settings,
     check_label_ids,
 )
-from hf_enhance.distillation.teacher import check_weights_present, freeze, unwrap
+from hf_enhance.distillation.teacher import check_weights_present, freeze, is_deepspeed_engine, unwrap
 from hf_enhance.distillation.vocab import ShardedVocabulary
 
 __all__ = ["is_sharded", "shard_teacher", "vocab_parallel_distillation_loss", "vocab_parallel_objective"]
@@ -170,7 +170,7 @@ def shard_teacher(
     process's host memory: for the largest teachers load on CPU and let sharding move 1/N to each GPU).
     """
     _require_process_group("shard_teacher")
-    if type(teacher).__module__.startswith("deepspeed"):
+    if is_deepspeed_engine(teacher):
         raise ValueError(
             "The teacher is already a DeepSpeed engine, but shard_teacher shards with FSDP2. Mixing engines "
             "is not supported: under FSDP2 pass the plain teacher model; under DeepSpeed ZeRO-3 let the "

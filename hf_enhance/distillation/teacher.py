@@ -33,8 +33,15 @@ _TASK_CLASS_NAMES = {
 }
 
 
+def is_deepspeed_engine(model: Any) -> bool:
+    """Whether ``model`` is a DeepSpeed engine (which wraps the model in ``.module``)."""
+    return type(model).__module__.startswith("deepspeed")
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model under a PEFT wrapper (the wrapper itself has no task-specific class name)."""
+    """The model under a DeepSpeed engine and a PEFT wrapper (wrappers have no task-specific class name)."""
+    if is_deepspeed_engine(model):
+        model = model.module
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
@@ -57,7 +64,8 @@ def output_size(model: nn.Module, task: str | None) -> int | None:
     if task == "causal_lm" and isinstance(base, PreTrainedModel):
         head = base.get_output_embeddings()
         if head is not None and getattr(head, "weight", None) is not None:
-            return int(head.weight.shape[0])
+            # A ZeRO-3 partitioned weight is empty between forwards; `ds_shape` is its full shape.
+            return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
         return int(base.config.vocab_size)
     config = getattr(base, "config", None)
     if task in ("classification", "token_classification") and config is not None:

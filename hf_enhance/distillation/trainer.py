@@ -35,6 +35,7 @@ from hf_enhance.distillation.teacher import (
     check_teacher,
     detect_task,
     freeze,
+    is_deepspeed_engine,
     load_teacher,
     logits_of,
     output_size,
@@ -42,6 +43,7 @@ from hf_enhance.distillation.teacher import (
     tokenizer_size,
     unwrap,
 )
+from hf_enhance.distillation.zero3 import gathered_heads_objective, is_partitioned, partition_teacher
 from hf_enhance.training import EnhancedTrainer
 
 logger = logging.getLogger(__name__)
@@ -160,6 +162,9 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
             cache = _joined_with_caches(kwargs, teacher_cache, eval_teacher_cache, teacher_model is not None)
             teacher, teacher_size = None, cache.vocab_size
         if teacher_model is not None:
+            # Join the processes first (as Trainer would): under ZeRO-3, transformers loads a teacher given by name
+            # straight into partitions, sized by the process count.
+            _ = args.device
             teacher = freeze(
                 load_teacher(teacher_model, model, task or "causal_lm", args.teacher_model_init_kwargs)
             )
@@ -194,18 +199,25 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         self._set_up_on_policy(task, kwargs.get("train_dataset"))
 
     def _place_teacher(self, teacher: nn.Module) -> nn.Module:
-        """Shard the teacher under FSDP2; otherwise put it on this rank's device unless it is already spread
-        over devices (`device_map`)."""
+        """Shard the teacher beside the student under FSDP2 or DeepSpeed ZeRO-3; otherwise put it on this rank's
+        device unless it is already spread over devices (`device_map`)."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        zero3 = self.is_deepspeed_enabled and getattr(plugin, "zero_stage", None) == 3
+        mixed = None
+        if is_deepspeed_engine(teacher) and not zero3:
+            mixed = "The teacher is a DeepSpeed engine but the run does not use DeepSpeed ZeRO-3"
+        elif zero3 and is_sharded(teacher):
+            mixed = "The teacher was sharded with FSDP2 (shard_teacher) but the run uses DeepSpeed ZeRO-3"
+        if mixed is not None:
+            raise ValueError(
+                f"{mixed}. Mixing engines is not supported: pass the plain teacher model, and DistillationTrainer "
+                "places it the student's way (ZeRO-3: a partitioned inference engine; FSDP2: shard_teacher; "
+                "otherwise whole on each device)."
+            )
+        if zero3:
+            return partition_teacher(teacher, plugin.deepspeed_config)
         if getattr(teacher, "hf_device_map", None) is not None or is_sharded(teacher):
             return teacher
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        if self.is_deepspeed_enabled and getattr(plugin, "zero_stage", None) == 3:
-            raise ValueError(
-                "DeepSpeed ZeRO-3 is not supported for the teacher yet: ZeRO-3 partitions every model loaded "
-                "under it, and a partitioned teacher needs a DeepSpeed inference engine that DistillationTrainer "
-                "does not build. Use FSDP2 (accelerate fsdp_version: 2), which shards the teacher beside the "
-                "student, ZeRO-1/2 with the teacher whole on each GPU, or the offline teacher cache."
-            )
         if self.is_fsdp_enabled and self.accelerator.is_fsdp2:
             mesh = init_device_mesh(self.accelerator.device.type, (self.accelerator.num_processes,))
             return shard_teacher(teacher, mesh)
@@ -385,6 +397,11 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
                 columns=self._num_columns, **settings,
             )  # fmt: skip
         columns = self._num_columns
+        if is_partitioned(model) or is_partitioned(self.teacher_model):
+            return gathered_heads_objective(
+                student_hidden[:, :-1], student_head, teacher_hidden[:, :-1], teacher_head, labels,
+                columns=columns, **settings,
+            )  # fmt: skip
         return fused_distillation_loss(
             student_hidden[:, :-1],
             student_head.weight[:columns],
@@ -436,8 +453,8 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
             return False
         reason = None
         mixed = self.args.bf16 or self.args.fp16
-        if self.is_deepspeed_enabled or (self.is_fsdp_enabled and not is_sharded(self.teacher_model)):
-            reason = "FSDP1/DeepSpeed shard the LM head, whose full weight the fused loss reads"
+        if self.is_fsdp_enabled and not is_sharded(self.teacher_model):
+            reason = "FSDP1 shards the LM head, whose full weight the fused loss reads"
         elif plain_lm_head(self._student_base(model)) is None or plain_lm_head(self.teacher_model) is None:
             reason = "a model's head is not a plain nn.Linear (adapted, custom) or its config post-processes logits"
         elif not self._heads_reproduce_logits(model, inputs, mixed):

@@ -14,9 +14,8 @@ The set-ups (N = number of GPUs):
   per decoder block, frozen: no gradients, no optimizer states), plus the units FSDP2 gathers (`_fsdp2_gathered`)
   and the vocabulary-parallel fused loss on each rank's rows of the heads.
 * ``zero3`` (DeepSpeed ZeRO-3): the same sharded student states and teacher weights, plus the gathered
-  parameters DeepSpeed lets live at once (`_zero3_gathered`), and the fused loss on the whole heads. (Today
-  `DistillationTrainer` falls back to the logits objective under DeepSpeed, which holds ``[tokens, V]``
-  tensors instead.)
+  parameters DeepSpeed lets live at once or the two LM heads the fused objective gathers for its call
+  (`_zero3_gathered`), and the fused loss on the whole heads.
 * ``offline_cache``: no teacher in GPU memory (its top-k log-probabilities were cached to disk beforehand,
   `cache_teacher_logits`), the student replicated (DDP); the loss reads the student's full logits
   (`_sparse_loss_bytes`). The plan also prices the cache on disk (`cache_bytes_per_token`).
@@ -252,13 +251,15 @@ def _fsdp2_gathered(teacher: _Profile, student: _Profile) -> int:
     return _BF16 * (teacher_part + student_part)
 
 
-def _zero3_gathered(teacher: _Profile, student: _Profile) -> int:
+def _zero3_gathered(teacher: _Profile, student: _Profile, vocab: int) -> int:
     """Bytes of parameters ZeRO-3 keeps gathered: at most ``stage3_max_live_parameters`` (DeepSpeed's default
     1e9, `STAGE3_MAX_LIVE_PARAMETERS`) in the parameter dtype, never more than the larger model (each engine,
     the teacher's and the student's, gathers in turn), and never less than the largest single module, which
-    DeepSpeed gathers whole whatever the limit (a 70B Llama's embedding has 1.05e9 parameters)."""
+    DeepSpeed gathers whole whatever the limit (a 70B Llama's embedding has 1.05e9 parameters), nor than the two
+    LM heads the fused objective gathers together for its call."""
     live = min(STAGE3_MAX_LIVE_PARAMETERS, max(teacher.count.total, student.count.total))
-    return _BF16 * max(live, teacher.largest_module, student.largest_module)
+    heads = vocab * (teacher.hidden_size + student.hidden_size)
+    return _BF16 * max(live, teacher.largest_module, student.largest_module, heads)
 
 
 def _check_positive_int(name: str, value: int, meaning: str) -> None:
@@ -362,7 +363,7 @@ def plan_distillation_memory(
         "zero3": (
             math.ceil(student_states / gpus),
             math.ceil(teacher_weights / gpus),
-            _zero3_gathered(big, small),
+            _zero3_gathered(big, small, vocab),
             _fused_loss_bytes(vocab, *hidden, chunk_size, tokens_per_gpu),
         ),
         "offline_cache": (student_states, 0, 0, _sparse_loss_bytes(vocab, tokens_per_gpu)),

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp import fully_shard
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_enhance import DistillationTrainer, DistillationTrainingArguments, fused_distillation_loss
-from hf_enhance.distillation.hidden import head_bypassed
+from hf_enhance import fused_distillation_loss
+from hf_enhance.distillation.hidden import head_bypassed, plain_lm_head
 from hf_enhance.distillation.sharded import (
     is_sharded,
     shard_teacher,
@@ -25,8 +25,7 @@ from hf_enhance.distillation.sharded import (
     vocab_parallel_objective,
 )
 from hf_enhance.modeling import meta_model
-from tests.distillation.ddp_sharded_teacher import train as ddp_train
-from tests.launch import torchrun_two_processes
+from tests.distillation.distributed_teacher import check_trains_like_one_process
 from tests.tiny import VOCAB, tiny_gpt2
 
 
@@ -81,6 +80,17 @@ def test_shard_teacher_freezes_and_shards_every_block(one_process_group: None) -
     assert shard_teacher(teacher) is teacher  # already sharded: kept as it is
 
 
+def test_an_untied_head_sharded_on_its_own_is_still_a_plain_head_for_the_fused_objective(
+    one_process_group: None,
+) -> None:
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)  # fmt: skip
+    teacher = shard_teacher(LlamaForCausalLM(config))
+    head = teacher.get_output_embeddings()
+    assert is_sharded(head)  # its own FSDP2 unit: an FSDPLinear
+    assert plain_lm_head(teacher) is head
+
+
 def test_head_slices_of_different_sizes_are_refused(one_process_group: None) -> None:
     student_hidden, student_head, teacher_hidden, teacher_head = _inputs()
     with pytest.raises(ValueError, match=r"differ in size.*\[\(97, 96\)\]"):
@@ -121,32 +131,6 @@ def test_a_student_head_resharded_after_forward_is_refused(one_process_group: No
 def test_a_ddp_student_with_a_sharded_teacher_trains_like_one_process_with_the_whole_teacher(
     tmp_path: Path,
 ) -> None:
-    single = torchrun_two_processes(
-        "tests.distillation.ddp_sharded_teacher",
-        str(tmp_path),
-        timeout=300,
-        meanwhile=lambda: ddp_train(tmp_path / "single", per_device_batch=4, shard=False),
-    )
-    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
-    for name, tensor in single["student"].items():
-        torch.testing.assert_close(ranks[0]["student"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
-        assert torch.equal(ranks[1]["student"][name], ranks[0]["student"][name]), name
-    assert len(single["logs"]) == 2
-    for rank in ranks:
-        for got, want in zip(rank["logs"], single["logs"], strict=True):
-            assert got.keys() == want.keys() == {"loss", "kd_loss", "ce_loss"}
-            for key in want:
-                assert got[key] == pytest.approx(want[key], rel=1e-5), key
-
-
-def test_a_zero3_run_is_refused_before_any_step_with_the_alternatives(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    args = DistillationTrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    trainer = DistillationTrainer(model=tiny_gpt2(), teacher_model=tiny_gpt2(seed=1), args=args)
-    # What accelerate reports under a ZeRO-3 config (it enables DeepSpeed on GPUs only).
-    monkeypatch.setattr(trainer, "is_deepspeed_enabled", True)
-    zero3 = property(lambda state: SimpleNamespace(zero_stage=3))
-    monkeypatch.setattr(type(trainer.accelerator.state), "deepspeed_plugin", zero3)
-    with pytest.raises(ValueError, match=r"ZeRO-3 is not supported.*FSDP2.*ZeRO-1/2.*offline teacher cache"):
-        trainer._place_teacher(tiny_gpt2(seed=1))
+    ranks = check_trains_like_one_process(tmp_path, "sharded")
+    assert [rank["fused"] for rank in ranks] == [True, True]
+    assert [rank["teacher_share"] for rank in ranks] == [pytest.approx(0.5, abs=0.05)] * 2
