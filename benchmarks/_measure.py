@@ -66,6 +66,25 @@ class PeakMemory:
         self.stop()
 
 
+class CudaPeakMemory:
+    """`PeakMemory` for a CUDA device: the allocator's high-water mark during the block minus what was allocated
+    before it, in MiB (`.mib` after the block)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.mib: float | None = None
+
+    def __enter__(self) -> CudaPeakMemory:
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._before = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.cuda.synchronize(self.device)
+        self.mib = (torch.cuda.max_memory_allocated(self.device) - self._before) / 2**20
+
+
 def in_subprocess(script: str, config: dict[str, Any], pin_mmap: bool = False) -> dict[str, Any]:
     """Run ``python script --worker <config as JSON>`` in a fresh process; return the JSON on its last stdout line.
 

@@ -1,6 +1,9 @@
-"""Naive vs fused distillation objective on CPU: peak memory, time and error of one forward + backward.
+"""Naive vs fused distillation objective: peak memory, time and error of one forward + backward.
 
-    python benchmarks/kd_loss_memory.py
+    python benchmarks/kd_loss_memory.py                                     # CPU, float32
+    python benchmarks/kd_loss_memory.py --device cuda --dtype bfloat16 --hidden_size 4096 \
+        --sizes 4096x128256 16384x128256 --sweep 16384x128256 --chunk_sizes 64 128 256 512 1024 2048 4096 \
+        --repeats 3 --output benchmarks/results/kd_loss_memory_gpu   # one GPU
 
 naive = materialise ``hidden @ W.T`` for student and teacher, then `distillation_loss` and autograd;
 fused = `fused_distillation_loss` on the hidden states and head weights (chunked over tokens).
@@ -16,12 +19,17 @@ wall-clock and for process CPU time (the first round doubles as the full-size wa
 memory make it slower).
 Errors are relative to naive: |Δloss| / |loss| and max |Δgrad| / max |grad| for the student hidden states and
 head weight.
+
+With ``--device cuda`` everything runs in this process: peak memory is the CUDA allocator's high-water mark
+during the forward + backward minus what was allocated before it (`_measure.CudaPeakMemory`), and each timed
+step ends with a device synchronisation.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,13 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _measure import PeakMemory, environment, in_subprocess
+from _measure import CudaPeakMemory, PeakMemory, environment, in_subprocess
 from transformers import HfArgumentParser
 
 from hf_enhance import distillation_loss, fused_distillation_loss
 from hf_enhance.distillation.fused import default_chunk_size
-
-COMMAND = "python benchmarks/kd_loss_memory.py"
 
 
 @dataclass
@@ -63,20 +69,29 @@ class BenchmarkArguments:
         default="benchmarks/results/kd_loss_memory",
         metadata={"help": "Results path without suffix: writes .json and .md."},
     )
+    device: str = field(default="cpu", metadata={"help": "cpu, or cuda (one GPU, measured in this process)."})
+    dtype: str = field(
+        default="float32", metadata={"help": "Hidden states and head weights: float32 or bfloat16."}
+    )
     worker: str | None = field(default=None, metadata={"help": "Internal: one measurement job, as JSON."})
 
 
-def make_inputs(n: int, v: int, h: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, v, (n,), generator=generator)
-    labels[torch.rand(n, generator=generator) < 0.1] = -100
-    return {
-        "student_hidden": torch.randn(n, h, generator=generator).requires_grad_(),
-        "student_head_weight": (torch.randn(v, h, generator=generator) * 2 / h**0.5).requires_grad_(),
-        "teacher_hidden": torch.randn(n, h, generator=generator),
-        "teacher_head_weight": torch.randn(v, h, generator=generator) * 3 / h**0.5,
-        "labels": labels,
+def make_inputs(
+    n: int, v: int, h: int, device: str = "cpu", dtype: str = "float32"
+) -> dict[str, torch.Tensor]:
+    random = {"generator": torch.Generator(device).manual_seed(0), "device": device}
+    labels = torch.randint(0, v, (n,), **random)
+    labels[torch.rand(n, **random) < 0.1] = -100
+    floats = {
+        "student_hidden": torch.randn(n, h, **random),
+        "student_head_weight": torch.randn(v, h, **random) * 2 / h**0.5,
+        "teacher_hidden": torch.randn(n, h, **random),
+        "teacher_head_weight": torch.randn(v, h, **random) * 3 / h**0.5,
     }
+    inputs = {name: t.to(getattr(torch, dtype)) for name, t in floats.items()}
+    for name in ("student_hidden", "student_head_weight"):
+        inputs[name].requires_grad_()
+    return {**inputs, "labels": labels}
 
 
 def step(method: str, inputs: dict[str, torch.Tensor], kind: str, chunk_size: int) -> torch.Tensor:
@@ -92,21 +107,24 @@ def step(method: str, inputs: dict[str, torch.Tensor], kind: str, chunk_size: in
     else:
         out = fused_distillation_loss(**inputs, chunk_size=chunk_size, **settings)
     out.loss.backward()
+    if out.loss.is_cuda:
+        torch.cuda.synchronize(out.loss.device)
     return out.loss.detach()
 
 
-def _warm_up(methods: list[tuple[str, int]], kind: str) -> None:
+def _warm_up(methods: list[tuple[str, int]], config: dict[str, Any]) -> None:
     """Load kernels and thread pools at a tiny size, outside any measurement."""
-    tiny = make_inputs(64, 1024, 32)
+    tiny = make_inputs(64, 1024, 32, config["device"], config["dtype"])
     for method, _ in methods:
-        step(method, tiny, kind, 16)
+        step(method, tiny, config["kind"], 16)
 
 
 def memory_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Peak memory of one forward + backward in this fresh process; errors against the saved naive result."""
-    _warm_up([(config["method"], 0)], config["kind"])
-    inputs = make_inputs(config["n"], config["v"], config["h"])
-    with PeakMemory() as peak:
+    _warm_up([(config["method"], 0)], config)
+    inputs = make_inputs(config["n"], config["v"], config["h"], config["device"], config["dtype"])
+    cuda = config["device"] != "cpu"
+    with CudaPeakMemory(torch.device(config["device"])) if cuda else PeakMemory() as peak:
         loss = step(config["method"], inputs, config["kind"], config["chunk_size"])
     result = {"loss": loss, "grad_hidden": inputs["student_hidden"].grad}
     result["grad_weight"] = inputs["student_head_weight"].grad
@@ -123,8 +141,8 @@ def memory_worker(config: dict[str, Any]) -> dict[str, Any]:
 def time_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Best-of-`repeats` time per method, the methods interleaved round by round so load hits all alike."""
     methods = config["methods"]
-    _warm_up(methods, config["kind"])
-    inputs = make_inputs(config["n"], config["v"], config["h"])
+    _warm_up(methods, config)
+    inputs = make_inputs(config["n"], config["v"], config["h"], config["device"], config["dtype"])
     times: dict[str, dict[str, list[float]]] = {f"{m}:{c}": {"wall": [], "cpu": []} for m, c in methods}
     for _ in range(config["repeats"]):
         for method, chunk in methods:
@@ -140,7 +158,12 @@ WORKERS = {"memory": memory_worker, "time": time_worker}
 
 
 def measure(job: str, config: dict[str, Any]) -> dict[str, Any]:
-    """One job in a fresh process (memory jobs with glibc's mmap threshold pinned: see `_measure`)."""
+    """One job in a fresh process (memory jobs with glibc's mmap threshold pinned: see `_measure`); on a GPU, in
+    this process."""
+    if config["device"] != "cpu":
+        result = WORKERS[job](config)
+        torch.cuda.empty_cache()
+        return result
     return in_subprocess(__file__, {**config, "job": job}, pin_mmap=job == "memory")
 
 
@@ -151,7 +174,8 @@ def run(args: BenchmarkArguments) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for n, v in pairs:
             base = {"n": n, "v": v, "h": args.hidden_size, "kind": args.kind}
-            chunks = args.chunk_sizes if (n, v) in sweep else [default_chunk_size(v)]
+            base.update(device=args.device, dtype=args.dtype)
+            chunks = args.chunk_sizes if (n, v) in sweep else [default_chunk_size(v, args.device)]
             methods = [("naive", 0)] + [("fused", chunk) for chunk in chunks]
             times = measure("time", {**base, "methods": methods, "repeats": args.repeats})
             naive = None
@@ -182,32 +206,55 @@ def run(args: BenchmarkArguments) -> list[dict]:
     return rows
 
 
+def _method_note(args: BenchmarkArguments, machine: dict[str, Any]) -> str:
+    """How the table was measured, for its header."""
+    common = (
+        f"H = {args.hidden_size}, kind = {args.kind}, alpha = 0.5, T = 2, 10% of positions masked, {args.dtype}. "
+        f"torch {machine['torch']}"
+    )
+    errors = (
+        "Errors relative to naive (|Δloss|/|loss|, max|Δgrad|/max|grad|). Default chunk size (marked *): "
+        "`default_chunk_size(V, device)`: on CPU 1024 at V = 8192, 128 at V = 49152, 64 at V = 128256; on CUDA "
+        "1024 up to V = 131072."
+    )
+    if args.device != "cpu":
+        return (
+            f"{common}, one {machine['gpu']}. Peak = CUDA allocator high-water mark during one forward + backward "
+            "minus what was allocated before it (inputs and weights excluded), after a tiny warm-up. Time = best of "
+            f"{args.repeats} rounds at full size, methods interleaved, each step ending with a device "
+            f"synchronisation (CPU time is not meaningful here). {errors}"
+        )
+    return (
+        f"{common}, {machine['threads']} threads on a shared {machine['cpu_count']}-core CPU "
+        f"({machine['processor']}). Peak = resident-set high-water mark during one forward + backward minus the "
+        "resident size before it (inputs and weights excluded), each (size, method) in a fresh process with glibc's "
+        "mmap threshold pinned at 64 KiB (so resident memory follows the live tensors) after a tiny warm-up. Wall "
+        f"and CPU (process) time = best of {args.repeats} rounds at full size, methods interleaved in one process, "
+        "after a tiny warm-up (the first round doubles as the full-size warm-up); the CPU time is the steadier of "
+        f"the two on a machine shared with other jobs. {errors}"
+    )
+
+
 def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float, load_start: float) -> None:
     machine = environment(seconds)
     machine["load_average_1m"] = [load_start, machine["load_average_1m"]]
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in asdict(args).items() if k != "worker"}
-    payload = {"command": COMMAND, "settings": settings, "environment": machine, "results": rows}
+    command = " ".join(["python", *sys.argv])
+    if args.device != "cpu":
+        machine["gpu"] = torch.cuda.get_device_name(args.device)
+    payload = {"command": command, "settings": settings, "environment": machine, "results": rows}
     output.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
-        "# Fused vs naive distillation objective (forward + backward, CPU)",
+        f"# Fused vs naive distillation objective (forward + backward, {machine.get('gpu', 'CPU')})",
         "",
-        f"Reproduce: `{COMMAND}` (took {seconds / 60:.1f} min here; 1-minute load average "
+        f"Reproduce: `{command}` (took {seconds / 60:.1f} min here; 1-minute load average "
         "{:.1f} at the start and {:.1f} at the end, on {} cores shared with other jobs).".format(
             *machine["load_average_1m"], machine["cpu_count"]
         ),
         "",
-        f"H = {args.hidden_size}, kind = {args.kind}, alpha = 0.5, T = 2, 10% of positions masked, float32. "
-        f"torch {machine['torch']}, {machine['threads']} threads on a shared {machine['cpu_count']}-core "
-        f"CPU ({machine['processor']}). Peak = resident-set high-water mark during one forward + backward minus the resident size before it "
-        "(inputs and weights excluded), each (size, method) in a fresh process with glibc's mmap threshold pinned "
-        "at 64 KiB (so resident memory follows the live tensors) after a tiny warm-up. "
-        f"Wall and CPU (process) time = best of {args.repeats} rounds at full size, methods interleaved in one "
-        "process, after a tiny warm-up (the first round doubles as the full-size warm-up); the CPU time is the "
-        "steadier of the two on a machine shared with other jobs. Errors relative to naive (|Δloss|/|loss|, "
-        f"max|Δgrad|/max|grad|). Default chunk size (marked *): `default_chunk_size(V)`, 1024 at V = 8192, 128 at "
-        "V = 49152.",
+        _method_note(args, machine),
         "",
         "| N | V | method | chunk | peak MiB | memory ratio | wall s | wall ratio | CPU s | CPU ratio "
         "| loss err | grad h err | grad W err |",
@@ -220,7 +267,9 @@ def write_results(args: BenchmarkArguments, rows: list[dict], seconds: float, lo
             row["n"],
             row["v"],
             row["method"],
-            "-" if chunk is None else f"{chunk}{'*' if chunk == default_chunk_size(row['v']) else ''}",
+            "-"
+            if chunk is None
+            else f"{chunk}{'*' if chunk == default_chunk_size(row['v'], row['device']) else ''}",
             f"{row['peak_mib']:.0f}",
             f"{row.get('memory_ratio', 1):.3f}",
             f"{row['time_s']:.2f}",

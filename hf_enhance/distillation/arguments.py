@@ -69,7 +69,8 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
         metadata={
             "help": "Tokens per chunk of the fused objective: peak extra memory grows with chunk × vocab. None: "
             "from the vocabulary (hf_enhance.distillation.fused.default_chunk_size: the largest power of two "
-            "whose float32 [chunk, vocab] buffer stays within 32 MiB, between 32 and 1024; 128 at V = 49152)."
+            "whose float32 [chunk, vocab] buffer stays within 32 MiB on CPU or 512 MiB on a CUDA device, between 32 "
+            "and 1024; 128 at V = 49152 on CPU, 1024 on a GPU)."
         },
     )
     hidden_weight: float = field(

@@ -35,13 +35,23 @@ benchmarks/results/kd_loss_memory.md (CPU, H = 576, N = 2048, forward + backward
 while memory grows with the chunk (128: 0.07x the naive peak, 256: 0.11x, 1024: 0.33x); at V = 8192 every chunk
 from 128 to 1024 tokens runs at 0.54-0.64x naive."""
 
+CUDA_CHUNK_ELEMENTS = 2**27
+"""`CHUNK_ELEMENTS` on a CUDA device (512 MiB per buffer). From benchmarks/results/kd_loss_memory_gpu.md (one H200,
+bfloat16, H = 4096, N = 16384, V = 128256, forward + backward): every chunk costs the same fixed launches, so small
+chunks are slow there (64 tokens: 3.9x the naive time, 256: 1.5x, 512: 1.2x, 1024: 1.0x, 4096: 0.91x) while the
+peak stays far under naive's 68 GiB (1024 tokens: 5.2 GiB, 0.077x; 4096: 14 GiB)."""
+
 MIN_CHUNK_SIZE, MAX_CHUNK_SIZE = 32, 1024
 
 
-def default_chunk_size(vocab_size: int) -> int:
-    """Tokens per chunk when none is given: the largest power of two with ``chunk * vocab_size <=
-    CHUNK_ELEMENTS``, kept within [32, 1024] (128 at V = 49152, 1024 at V = 8192, 64 at V = 128256)."""
-    rows = max(CHUNK_ELEMENTS // max(vocab_size, 1), 1)
+def default_chunk_size(vocab_size: int, device: torch.device | str | None = None) -> int:
+    """Tokens per chunk when none is given: the largest power of two with ``chunk * vocab_size`` at most
+    `CHUNK_ELEMENTS` (`CUDA_CHUNK_ELEMENTS` on a CUDA ``device``), kept within [32, 1024]. On CPU: 128 at
+    V = 49152, 1024 at V = 8192, 64 at V = 128256; on CUDA: 1024 up to V = 131072, 512 at V = 151936."""
+    budget = (
+        CUDA_CHUNK_ELEMENTS if device is not None and torch.device(device).type == "cuda" else CHUNK_ELEMENTS
+    )
+    rows = max(budget // max(vocab_size, 1), 1)
     return min(max(1 << (rows.bit_length() - 1), MIN_CHUNK_SIZE), MAX_CHUNK_SIZE)
 
 
@@ -107,7 +117,9 @@ def fused_distillation_loss(
         temperature=temperature,
         kind=kind,
         beta=beta,
-        chunk_size=default_chunk_size(vocab_size) if chunk_size is None else chunk_size,
+        chunk_size=default_chunk_size(vocab_size, student_hidden.device)
+        if chunk_size is None
+        else chunk_size,
         ignore_index=ignore_index,
     )
 
@@ -266,8 +278,14 @@ def _chunk(
             grad_logits.addcmul_(probs, scale, value=1.0 - alpha)
     if grad_logits is not None and grads is not None:
         grad_hidden, grad_weight, grad_bias = grads
-        grad_hidden.copy_(grad_logits.to(student_weight.dtype) @ student_weight)
-        grad_weight.addmm_(grad_logits.t(), student_hidden.float())
+        half = grad_logits.to(student_weight.dtype)
+        grad_hidden.copy_(half @ student_weight)
+        if student_hidden.is_cuda and student_weight.dtype in (torch.bfloat16, torch.float16):
+            # Tensor cores: this chunk's share in half precision (float32 accumulation inside the product), added
+            # to the float32 total. A float32 product here was most of the step's time on an H200.
+            grad_weight.add_(half.t() @ student_hidden)
+        else:
+            grad_weight.addmm_(grad_logits.t(), student_hidden.float())
         if grad_bias is not None:
             grad_bias += grad_logits.sum(0)
     return torch.stack([alpha * kd + (1.0 - alpha) * ce, kd, ce])

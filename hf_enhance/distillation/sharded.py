@@ -119,7 +119,7 @@ def vocab_parallel_distillation_loss(
     _agree(error, group, device)
     start = sum(student for student, _ in rows[: dist.get_rank(group)])
     if chunk_size is None:  # sized by the whole vocabulary: each rank's buffers are then 1/N of one process's
-        chunk_size = default_chunk_size(sum(student for student, _ in rows))
+        chunk_size = default_chunk_size(sum(student for student, _ in rows), device)
     return fused_objective(
         (student_hidden, student_head_shard, student_head_bias),
         (teacher_hidden, teacher_head_shard, teacher_head_bias),

@@ -429,7 +429,9 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
         """Tokens per chunk of the fused objective: the argument, or sized from the vocabulary when known."""
         if self.args.fused_chunk_size is not None:
             return self.args.fused_chunk_size
-        return default_chunk_size(self._num_columns) if self._num_columns else MAX_CHUNK_SIZE
+        if not self._num_columns:
+            return MAX_CHUNK_SIZE
+        return default_chunk_size(self._num_columns, self.accelerator.device)
 
     @staticmethod
     def _predicted_tokens(inputs: dict[str, Any]) -> int:

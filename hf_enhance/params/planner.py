@@ -211,7 +211,9 @@ def _fused_loss_bytes(
     models' hidden states (the kept tokens; all ranks' tokens when vocabulary-parallel) and the gradient of the
     student's. Assumes micro-batches longer than one chunk: the trainer sends shorter ones to the logits path.
     """
-    chunk_buffers = _FUSED_CHUNK_BUFFERS * chunk * vocab_local * _FP32
+    chunk_buffers = (
+        _FUSED_CHUNK_BUFFERS * min(chunk, rows) * vocab_local * _FP32
+    )  # a chunk is at most the rows
     head_gradient = vocab_local * student_hidden * _FP32
     row_tensors = rows * (2 * student_hidden + teacher_hidden) * _BF16
     return chunk_buffers + head_gradient + row_tensors
@@ -327,7 +329,7 @@ def plan_distillation_memory(
     """
     big, small = _profile("teacher", teacher), _profile("student", student)
     if chunk_size is None:
-        chunk_size = default_chunk_size(big.vocab_size)
+        chunk_size = default_chunk_size(big.vocab_size, "cuda")
     _check_arguments(gpus, gpu_memory_gib, tokens_per_gpu, chunk_size, cache_tokens, top_k)
     if big.vocab_size != small.vocab_size:
         raise ValueError(

@@ -221,6 +221,17 @@ def test_the_default_chunk_keeps_one_float32_buffer_within_32_mib(vocab_size: in
     )  # 32 tokens is the floor, whatever the vocabulary
 
 
+@pytest.mark.parametrize(
+    ("vocab_size", "chunk"), [(8192, 1024), (128256, 1024), (151936, 512), (262144, 512), (2**22, 32)]
+)
+def test_on_a_gpu_the_default_chunk_keeps_one_float32_buffer_within_512_mib(
+    vocab_size: int, chunk: int
+) -> None:
+    assert default_chunk_size(vocab_size, torch.device("cuda", 0)) == chunk
+    assert default_chunk_size(vocab_size, "cuda") == chunk
+    assert chunk * vocab_size * 4 <= 512 * 2**20 or chunk == 32
+
+
 def test_no_chunk_size_means_the_vocabulary_sized_default() -> None:
     torch.manual_seed(0)
     hidden, weight = torch.randn(300, 8, requires_grad=True), torch.randn(40_000, 8, requires_grad=True)
@@ -234,3 +245,23 @@ def test_no_chunk_size_means_the_vocabulary_sized_default() -> None:
     assert default_chunk_size(40_000) == 128
     assert torch.equal(default.loss, explicit.loss)  # same chunks, same float summation order
     torch.testing.assert_close(default.loss, one_chunk.loss, rtol=1e-6, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_on_a_gpu_half_precision_heads_match_the_float32_objective(dtype: torch.dtype) -> None:
+    """On CUDA the weight gradient of each chunk is a half-precision product (tensor cores) added to a float32
+    total: within half-precision rounding of the float32 objective on CPU, the loss and both gradients."""
+    reference = make_inputs()
+    expected, expected_grads = fused(reference, chunk_size=8)
+    inputs = {
+        name: tensor.detach().to("cuda", dtype) if tensor.is_floating_point() else tensor.cuda()
+        for name, tensor in reference.items()
+    }
+    for name in ("student_hidden", "student_head_weight"):
+        inputs[name].requires_grad_()
+    out, grads = fused(inputs, chunk_size=8)
+    assert out.loss.item() == pytest.approx(expected.loss.item(), rel=2e-2)
+    assert [grad.dtype for grad in grads] == [dtype, dtype]
+    for got, want in zip(grads, expected_grads, strict=True):
+        assert_close_rel(got.float().cpu(), want, 3e-2)

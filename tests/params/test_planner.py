@@ -60,7 +60,9 @@ def test_gathered_parameters_by_hand(gpt2_plan: MemoryPlan) -> None:
 
 def test_loss_buffers_by_hand(gpt2_plan: MemoryPlan) -> None:
     def fused(vocab: int, rows: int) -> int:
-        chunks = 5 * 128 * vocab * 4  # the trainer's chunk for GPT-2's vocabulary: 128 tokens
+        chunks = (
+            5 * min(1024, rows) * vocab * 4
+        )  # the trainer's chunk on a GPU for GPT-2's vocabulary: 1024 tokens
         head_gradient = vocab * GPT2_HIDDEN * 4
         hidden_rows = rows * 3 * GPT2_HIDDEN * 2  # both hidden states + the student's gradient, bf16
         return chunks + head_gradient + hidden_rows
