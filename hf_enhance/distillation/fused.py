@@ -278,12 +278,12 @@ def _chunk(
             grad_logits.addcmul_(probs, scale, value=1.0 - alpha)
     if grad_logits is not None and grads is not None:
         grad_hidden, grad_weight, grad_bias = grads
-        half = grad_logits.to(student_weight.dtype)
-        grad_hidden.copy_(half @ student_weight)
+        grad_logits_w = grad_logits.to(student_weight.dtype)
+        grad_hidden.copy_(grad_logits_w @ student_weight)
         if student_hidden.is_cuda and student_weight.dtype in (torch.bfloat16, torch.float16):
             # Tensor cores: this chunk's share in half precision (float32 accumulation inside the product), added
             # to the float32 total. A float32 product here was most of the step's time on an H200.
-            grad_weight.add_(half.t() @ student_hidden)
+            grad_weight.add_(grad_logits_w.t() @ student_hidden)
         else:
             grad_weight.addmm_(grad_logits.t(), student_hidden.float())
         if grad_bias is not None:

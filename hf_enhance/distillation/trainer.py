@@ -43,7 +43,7 @@ from hf_enhance.distillation.teacher import (
     tokenizer_size,
     unwrap,
 )
-from hf_enhance.distillation.zero3 import gathered_heads_objective, is_partitioned, partition_teacher
+from hf_enhance.distillation.zero3 import gathered_heads_objective, partition_teacher
 from hf_enhance.training import EnhancedTrainer
 
 logger = logging.getLogger(__name__)
@@ -201,8 +201,7 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
     def _place_teacher(self, teacher: nn.Module) -> nn.Module:
         """Shard the teacher beside the student under FSDP2 or DeepSpeed ZeRO-3; otherwise put it on this rank's
         device unless it is already spread over devices (`device_map`)."""
-        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-        zero3 = self.is_deepspeed_enabled and getattr(plugin, "zero_stage", None) == 3
+        zero3 = self._zero3
         mixed = None
         if is_deepspeed_engine(teacher) and not zero3:
             mixed = "The teacher is a DeepSpeed engine but the run does not use DeepSpeed ZeRO-3"
@@ -215,13 +214,19 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
                 "otherwise whole on each device)."
             )
         if zero3:
-            return partition_teacher(teacher, plugin.deepspeed_config)
+            return partition_teacher(teacher, self.accelerator.state.deepspeed_plugin.deepspeed_config)
         if getattr(teacher, "hf_device_map", None) is not None or is_sharded(teacher):
             return teacher
         if self.is_fsdp_enabled and self.accelerator.is_fsdp2:
             mesh = init_device_mesh(self.accelerator.device.type, (self.accelerator.num_processes,))
             return shard_teacher(teacher, mesh)
         return teacher.to(self.accelerator.device)
+
+    @property
+    def _zero3(self) -> bool:
+        """Whether the run uses DeepSpeed ZeRO-3 (the student and the teacher partitioned)."""
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return self.is_deepspeed_enabled and getattr(plugin, "zero_stage", None) == 3
 
     def _aligned(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None
@@ -397,7 +402,7 @@ class DistillationTrainer(OnPolicyDistillation, HiddenStateDistillation, Enhance
                 columns=self._num_columns, **settings,
             )  # fmt: skip
         columns = self._num_columns
-        if is_partitioned(model) or is_partitioned(self.teacher_model):
+        if self._zero3:  # both models partitioned (`_place_teacher`)
             return gathered_heads_objective(
                 student_hidden[:, :-1], student_head, teacher_hidden[:, :-1], teacher_head, labels,
                 columns=columns, **settings,

@@ -26,17 +26,12 @@ from torch import nn
 
 from hf_enhance.distillation.fused import fused_distillation_loss
 from hf_enhance.distillation.losses import DistillationOutput
-from hf_enhance.distillation.teacher import check_weights_present, freeze, is_deepspeed_engine, unwrap
+from hf_enhance.distillation.teacher import check_weights_present, freeze, is_deepspeed_engine
 
-__all__ = ["gathered", "gathered_heads_objective", "is_partitioned", "partition_teacher"]
+__all__ = ["gathered", "gathered_heads_objective", "partition_teacher"]
 
 # Zero-optimization keys the teacher's engine takes from the student's config: where parameters live.
 _PLACEMENT_KEYS = ("offload_param",)
-
-
-def is_partitioned(model: nn.Module | None) -> bool:
-    """Whether DeepSpeed ZeRO-3 partitions the model's parameters."""
-    return model is not None and any(hasattr(p, "ds_id") for p in unwrap(model).parameters())
 
 
 def teacher_engine_config(student_config: dict[str, Any], hidden_size: int | None) -> dict[str, Any]:
@@ -89,13 +84,15 @@ def partition_teacher(teacher: nn.Module, student_config: dict[str, Any]) -> nn.
     return engine
 
 
-def gathered(module: nn.Module) -> AbstractContextManager[Any]:
-    """Within the block, ``module``'s own ZeRO-3 partitioned parameters are whole (read-only); a no-op otherwise."""
-    if not is_partitioned(module):
+def gathered(module: nn.Module, recurse: bool = False) -> AbstractContextManager[Any]:
+    """Within the block, ``module``'s own ZeRO-3 partitioned parameters (its submodules' too with ``recurse``) are
+    whole (read-only); a no-op for parameters ZeRO-3 does not partition."""
+    parameters = [p for p in module.parameters(recurse=recurse) if hasattr(p, "ds_id")]
+    if not parameters:
         return nullcontext()
     import deepspeed
 
-    return deepspeed.zero.GatheredParameters(list(module.parameters(recurse=False)))
+    return deepspeed.zero.GatheredParameters(parameters)
 
 
 @contextmanager

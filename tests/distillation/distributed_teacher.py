@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch.distributed.tensor import DTensor
 
 from hf_enhance.distillation import DistillationTrainer, DistillationTrainingArguments
 from hf_enhance.distillation.sharded import shard_teacher
+from hf_enhance.distillation.zero3 import gathered
 from tests.launch import finish_worker, torchrun_two_processes
 from tests.tiny import PLAIN_SGD, lm_dataset, pad_collator, tiny_gpt2
 
@@ -55,15 +55,6 @@ def engine_arguments(engine: str | None, gpu: bool) -> dict[str, Any]:
             fsdp="full_shard", fsdp_config={"fsdp_version": 2, "transformer_layer_cls_to_wrap": ["GPT2Block"]}
         )
     return kwargs
-
-
-def _gathered(model: nn.Module) -> AbstractContextManager[Any]:
-    """A ZeRO-3 model's parameters whole within the block."""
-    if not any(hasattr(p, "ds_id") for p in model.parameters()):
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(model.parameters()))
 
 
 def _teacher_share(teacher: nn.Module) -> float:
@@ -115,7 +106,7 @@ def train(output_dir: Path, per_device_batch: int, engine: str | None, gpu: bool
         for entry in trainer.state.log_history
     ]
     student = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-    with _gathered(student):
+    with gathered(student, recurse=True):
         weights = {
             k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu().clone()
             for k, v in student.state_dict().items()
