@@ -70,7 +70,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback
 
 from hf_enhance import DistillationTrainer, DistillationTrainingArguments
-from hf_enhance.distillation.fused import default_chunk_size
+from hf_enhance.objectives.fused import default_chunk_size
 
 COMMAND = "python benchmarks/distill_step.py"
 METHODS = ("student_ce", "floor", "hf_enhance_fused", "hf_enhance_logits", "trl_gkd", "trl_distillation")

@@ -41,7 +41,7 @@ from _measure import CudaPeakMemory, PeakMemory, environment, in_subprocess
 from transformers import HfArgumentParser
 
 from hf_enhance import distillation_loss, fused_distillation_loss
-from hf_enhance.distillation.fused import default_chunk_size
+from hf_enhance.objectives.fused import default_chunk_size
 
 
 @dataclass

@@ -63,7 +63,7 @@ from hf_enhance import (
     student_from_teacher,
     teacher_student_report,
 )
-from hf_enhance.distillation.data import generate_teacher_texts
+from hf_enhance.distillation.sources.teacher_texts import generate_teacher_texts
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))

@@ -56,7 +56,7 @@ from hf_enhance import (
     student_from_teacher,
     teacher_student_report,
 )
-from hf_enhance.distillation.data import generate_teacher_texts
+from hf_enhance.distillation.sources.teacher_texts import generate_teacher_texts
 from hf_enhance.files import write_json_atomically
 from hf_enhance.students import LAYER_STRATEGIES, RECORD_KEY
 from hf_enhance.training import EnhancedTrainer

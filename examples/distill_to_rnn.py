@@ -40,7 +40,7 @@ from transformers import (
 
 from hf_enhance import DistillationTrainer, DistillationTrainingArguments
 from hf_enhance.distillation import CachedTeacher, GRUClassifier
-from hf_enhance.distillation.students import POOLINGS
+from hf_enhance.students.gru import POOLINGS
 from hf_enhance.training import EnhancedTrainer, EnhancedTrainingArguments
 
 

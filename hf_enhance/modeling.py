@@ -1,4 +1,5 @@
-"""Model-structure utilities shared across hf_enhance: meta-device skeletons, linear layers, repeated blocks.
+"""Model utilities shared across hf_enhance: meta-device skeletons, linear layers, repeated blocks, and what lies
+under a wrapper (`unwrap`) or inside an output (`logits_of`).
 
 Everything here works on a model skeleton built on the ``meta`` device, so no weights are read or allocated:
 ``meta_model(config)`` of a 70B config costs milliseconds and no memory.
@@ -9,9 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from os import PathLike
+from typing import Any
 
 import torch
 import transformers
+from peft import PeftModel
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -32,11 +35,14 @@ __all__ = [
     "ModelOrConfig",
     "ModuleSite",
     "head_module_names",
+    "is_deepspeed_engine",
     "linear_modules",
+    "logits_of",
     "meta_model",
     "model_type",
     "module_sites",
     "repeated_blocks",
+    "unwrap",
 ]
 
 ModelOrConfig = nn.Module | PretrainedConfig | str | PathLike
@@ -216,3 +222,31 @@ def head_module_names(model: nn.Module) -> tuple[list[str], bool]:
         if not any(output_name == head or output_name.startswith(f"{head}.") for head in heads):
             heads.append(output_name)
     return heads, output is not None
+
+
+def is_deepspeed_engine(model: Any) -> bool:
+    """Whether ``model`` is a DeepSpeed engine (which wraps the model in ``.module``)."""
+    return type(model).__module__.startswith("deepspeed")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model under a DeepSpeed engine and a PEFT wrapper (wrappers have no task-specific class name)."""
+    if is_deepspeed_engine(model):
+        model = model.module
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def logits_of(outputs: Any) -> torch.Tensor:
+    """Logits from a model output: a tensor, an object or dict with `logits`, or a tuple whose first item is."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict) and "logits" in outputs:
+        return outputs["logits"]
+    if hasattr(outputs, "logits"):
+        return outputs.logits
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    raise TypeError(
+        f"Cannot find logits in a model output of type {type(outputs).__name__}. The student and teacher must "
+        "return a logits tensor, a tuple starting with it, or an object with a `.logits` attribute."
+    )

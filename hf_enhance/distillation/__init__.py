@@ -1,24 +1,29 @@
-"""Knowledge distillation: the objective as pure functions and a `transformers.Trainer` that applies it."""
+"""Knowledge distillation: a `transformers.Trainer` that applies the objectives of `hf_enhance.objectives`."""
 
+from hf_enhance.distillation import _moved
+
+_moved.install()
+
+# ruff: noqa: E402
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
-from hf_enhance.distillation.classifier_cache import CachedTeacher
-from hf_enhance.distillation.data import generate_teacher_texts
-from hf_enhance.distillation.fused import fused_distillation_loss
-from hf_enhance.distillation.intermediate import hidden_state_loss
-from hf_enhance.distillation.lm_cache import (
+from hf_enhance.distillation.on_policy import PromptCompletionCollator
+from hf_enhance.distillation.report import TeacherStudentReport, teacher_student_report
+from hf_enhance.distillation.sharded import shard_teacher, vocab_parallel_distillation_loss
+from hf_enhance.distillation.sources.classifier_cache import CachedTeacher
+from hf_enhance.distillation.sources.lm_cache import (
     TeacherCacheCollator,
     TeacherLogitCache,
     cache_teacher_logits,
     load_teacher_cache,
     with_teacher_cache,
 )
-from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
-from hf_enhance.distillation.on_policy import PromptCompletionCollator
-from hf_enhance.distillation.report import TeacherStudentReport, teacher_student_report
-from hf_enhance.distillation.sharded import shard_teacher, vocab_parallel_distillation_loss
-from hf_enhance.distillation.sparse import sparse_distillation_loss
-from hf_enhance.distillation.students import GRUClassifier
+from hf_enhance.distillation.sources.teacher_texts import generate_teacher_texts
 from hf_enhance.distillation.trainer import DistillationTrainer
+from hf_enhance.objectives.fused import fused_distillation_loss
+from hf_enhance.objectives.hidden_states import hidden_state_loss
+from hf_enhance.objectives.losses import DistillationOutput, distillation_loss
+from hf_enhance.objectives.sparse import sparse_distillation_loss
+from hf_enhance.students.gru import GRUClassifier
 
 __all__ = [
     "CachedTeacher",

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from hf_enhance.distillation.intermediate import HIDDEN_DISTANCES, check_hidden_weight
-from hf_enhance.distillation.losses import DIVERGENCE_KINDS, check_distillation_settings
+from hf_enhance.objectives.hidden_states import HIDDEN_DISTANCES, check_hidden_weight
+from hf_enhance.objectives.settings import DIVERGENCE_KINDS, LossSettings
 from hf_enhance.training import EnhancedTrainingArguments
 
 DISTILLATION_TASKS: tuple[str, ...] = ("auto", "causal_lm", "classification", "token_classification")
@@ -68,7 +68,7 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
         default=None,
         metadata={
             "help": "Tokens per chunk of the fused objective: peak extra memory grows with chunk × vocab. None: "
-            "from the vocabulary (hf_enhance.distillation.fused.default_chunk_size: the largest power of two "
+            "from the vocabulary (hf_enhance.objectives.fused.default_chunk_size: the largest power of two "
             "whose float32 [chunk, vocab] buffer stays within 32 MiB on CPU or 512 MiB on a CUDA device, between 32 "
             "and 1024; 128 at V = 49152 on CPU, 1024 on a GPU)."
         },
@@ -136,7 +136,7 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_distillation_settings(self.alpha, self.temperature, self.distillation_loss, self.jsd_beta)
+        self.loss_settings()
         if self.distillation_task not in DISTILLATION_TASKS:
             raise ValueError(
                 f"Unknown distillation_task {self.distillation_task!r}. Valid choices: "
@@ -158,6 +158,10 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
                     f"teacher_model_init_kwargs={self.teacher_model_init_kwargs!r} is not valid JSON ({error}). "
                     'Pass a JSON object such as \'{"dtype": "bfloat16"}\'.'
                 ) from error
+
+    def loss_settings(self) -> LossSettings:
+        """The objective's settings (checked): alpha, temperature, distillation_loss as the divergence, jsd_beta."""
+        return LossSettings(self.alpha, self.temperature, self.distillation_loss, self.jsd_beta)
 
     def _check_generation_settings(self) -> None:
         """Validate lmbda and the sampling settings of generated completions."""

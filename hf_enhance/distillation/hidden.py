@@ -18,8 +18,8 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
-from hf_enhance.distillation.teacher import logits_of, unwrap
 from hf_enhance.distillation.zero3 import gathered
+from hf_enhance.modeling import logits_of, unwrap
 
 # Config attributes that mean the model transforms hidden @ W.T before returning logits.
 _LOGIT_POSTPROCESSING = (

@@ -30,16 +30,14 @@ from torch import nn
 from transformers import TrainerCallback
 
 from hf_enhance.distillation.intermediate import (
-    STUDENT_CONFIG_KEY,
     block_stack,
     build_projections,
     captured_block_outputs,
-    check_layer_map,
     default_layer_map,
-    hidden_state_loss,
-    hidden_token_count,
 )
 from hf_enhance.files import save_file_atomically
+from hf_enhance.objectives.hidden_states import check_layer_map, hidden_state_loss, hidden_token_count
+from hf_enhance.students.record import RECORD_KEY
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -105,7 +103,7 @@ class HiddenStateDistillation(_TrainerBase):
         layer_map, source = self.args.hidden_layer_map, "hidden_layer_map"
         if layer_map is None:
             layer_map = default_layer_map(model, teacher)
-            source = f"The default layer map (the student's config.{STUDENT_CONFIG_KEY}['layers'])"
+            source = f"The default layer map (the student's config.{RECORD_KEY}['layers'])"
         check_layer_map(layer_map, len(student_blocks), len(teacher_blocks), source)
         self.hidden_layer_map = list(layer_map)
         self._hidden_blocks = (list(student_blocks), [teacher_blocks[layer] for layer in layer_map])

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from datasets import Dataset
 from torch import nn
 
-from hf_enhance.distillation.lm_cache import CACHE_BATCH_KEYS
 from hf_enhance.distillation.sharded import is_sharded
+from hf_enhance.distillation.sources.lm_cache import CACHE_BATCH_KEYS
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

@@ -24,15 +24,16 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 
-from hf_enhance.distillation.fused import check_fused_inputs, default_chunk_size, fused_objective
-from hf_enhance.distillation.losses import (
+from hf_enhance.distillation.teacher import check_weights_present, freeze
+from hf_enhance.modeling import is_deepspeed_engine, unwrap
+from hf_enhance.objectives.fused import check_fused_inputs, default_chunk_size, fused_objective
+from hf_enhance.objectives.losses import (
     DistillationOutput,
     DivergenceKind,
-    check_distillation_settings,
     check_label_ids,
 )
-from hf_enhance.distillation.teacher import check_weights_present, freeze, is_deepspeed_engine, unwrap
-from hf_enhance.distillation.vocab import ShardedVocabulary
+from hf_enhance.objectives.settings import LossSettings
+from hf_enhance.objectives.vocab import ShardedVocabulary
 
 __all__ = ["is_sharded", "shard_teacher", "vocab_parallel_distillation_loss", "vocab_parallel_objective"]
 
@@ -88,7 +89,7 @@ def vocab_parallel_distillation_loss(
     world size (the gradients of the head rows and of the hidden states then average to the exact values).
     """
     _require_process_group("vocab_parallel_distillation_loss")
-    check_distillation_settings(alpha, temperature, kind, beta)
+    LossSettings(alpha, temperature, kind, beta, ignore_index)
     device = student_hidden.device
     sizes = torch.tensor([student_head_shard.shape[0], teacher_head_shard.shape[0]], device=device)
     everyone = [torch.zeros_like(sizes) for _ in range(dist.get_world_size(group))]

@@ -6,8 +6,6 @@ import os
 import warnings
 from typing import Any
 
-import torch
-from peft import PeftModel
 from torch import nn
 from transformers import (
     AutoModelForCausalLM,
@@ -21,6 +19,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
 
+from hf_enhance.modeling import unwrap
+
 _TASK_AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
     "classification": AutoModelForSequenceClassification,
@@ -31,18 +31,6 @@ _TASK_CLASS_NAMES = {
     "classification": set(MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES.values()),
     "token_classification": set(MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES.values()),
 }
-
-
-def is_deepspeed_engine(model: Any) -> bool:
-    """Whether ``model`` is a DeepSpeed engine (which wraps the model in ``.module``)."""
-    return type(model).__module__.startswith("deepspeed")
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model under a DeepSpeed engine and a PEFT wrapper (wrappers have no task-specific class name)."""
-    if is_deepspeed_engine(model):
-        model = model.module
-    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def detect_task(model: nn.Module) -> str | None:
@@ -184,19 +172,3 @@ def tokenizer_size(processing_class: Any) -> int | None:
         return len(tokenizer)
     except TypeError:
         return None
-
-
-def logits_of(outputs: Any) -> torch.Tensor:
-    """Logits from a model output: a tensor, an object or dict with `logits`, or a tuple whose first item is."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, dict) and "logits" in outputs:
-        return outputs["logits"]
-    if hasattr(outputs, "logits"):
-        return outputs.logits
-    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
-        return outputs[0]
-    raise TypeError(
-        f"Cannot find logits in a model output of type {type(outputs).__name__}. The student and teacher must "
-        "return a logits tensor, a tuple starting with it, or an object with a `.logits` attribute."
-    )

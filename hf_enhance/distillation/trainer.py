@@ -15,11 +15,12 @@ from torch.distributed.device_mesh import init_device_mesh
 from transformers import default_data_collator
 
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
-from hf_enhance.distillation.fused import MAX_CHUNK_SIZE, default_chunk_size, fused_distillation_loss
 from hf_enhance.distillation.hidden import head_bypassed, hidden_states_match_logits, plain_lm_head
 from hf_enhance.distillation.hidden_trainer import HIDDEN_PROJECTIONS_NAME as HIDDEN_PROJECTIONS_NAME
 from hf_enhance.distillation.hidden_trainer import HiddenStateDistillation
-from hf_enhance.distillation.lm_cache import (
+from hf_enhance.distillation.on_policy import PROMPT_KEYS, TEXT_COLUMNS, OnPolicyDistillation
+from hf_enhance.distillation.sharded import is_sharded, shard_teacher, vocab_parallel_objective
+from hf_enhance.distillation.sources.lm_cache import (
     CACHE_BATCH_KEYS,
     TEACHER_CACHE_COLUMNS,
     TeacherCacheCollator,
@@ -27,23 +28,20 @@ from hf_enhance.distillation.lm_cache import (
     load_teacher_cache,
     with_teacher_cache,
 )
-from hf_enhance.distillation.losses import DistillationOutput, distillation_loss
-from hf_enhance.distillation.on_policy import PROMPT_KEYS, TEXT_COLUMNS, OnPolicyDistillation
-from hf_enhance.distillation.sharded import is_sharded, shard_teacher, vocab_parallel_objective
-from hf_enhance.distillation.sparse import sparse_distillation_loss
 from hf_enhance.distillation.teacher import (
     check_teacher,
     detect_task,
     freeze,
-    is_deepspeed_engine,
     load_teacher,
-    logits_of,
     output_size,
     shared_output_size,
     tokenizer_size,
-    unwrap,
 )
 from hf_enhance.distillation.zero3 import gathered_heads_objective, partition_teacher
+from hf_enhance.modeling import is_deepspeed_engine, logits_of, unwrap
+from hf_enhance.objectives.fused import MAX_CHUNK_SIZE, default_chunk_size, fused_distillation_loss
+from hf_enhance.objectives.losses import DistillationOutput, distillation_loss
+from hf_enhance.objectives.sparse import sparse_distillation_loss
 from hf_enhance.training import EnhancedTrainer
 
 logger = logging.getLogger(__name__)

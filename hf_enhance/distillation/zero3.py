@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from hf_enhance.distillation.fused import fused_distillation_loss
-from hf_enhance.distillation.losses import DistillationOutput
-from hf_enhance.distillation.teacher import check_weights_present, freeze, is_deepspeed_engine
+from hf_enhance.distillation.teacher import check_weights_present, freeze
+from hf_enhance.modeling import is_deepspeed_engine
+from hf_enhance.objectives.fused import fused_distillation_loss
+from hf_enhance.objectives.losses import DistillationOutput
 
 __all__ = ["gathered", "gathered_heads_objective", "partition_teacher"]
 

@@ -16,6 +16,7 @@ from typing import Any
 from peft import PeftModel
 from peft.tuners.lora import LoraLayer
 
+import hf_enhance
 from hf_enhance.files import write_json_atomically
 from hf_enhance.lora.config import lora_metadata
 from hf_enhance.lora.patterns import clean_number
@@ -146,10 +147,9 @@ def save_adapter(
                         os.replace(file, out / file.name)
     finally:
         peft_model.peft_config[name] = trained
-    from hf_enhance import __version__
 
     record = {
-        "hf_enhance_version": __version__,
+        "hf_enhance_version": hf_enhance.__version__,
         "adapter_name": name,
         "strength": strength,
         "trained_lora_alpha": trained.lora_alpha,

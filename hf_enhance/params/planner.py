@@ -35,8 +35,8 @@ from typing import Any
 from torch import nn
 from transformers import PretrainedConfig
 
-from hf_enhance.distillation.fused import default_chunk_size
 from hf_enhance.modeling import meta_model, repeated_blocks
+from hf_enhance.objectives.fused import default_chunk_size
 from hf_enhance.params.counting import count_parameters
 from hf_enhance.params.result import ParameterCount
 from hf_enhance.params.zoo import MODEL_ZOO, zoo_config

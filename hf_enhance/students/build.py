@@ -20,7 +20,6 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from hf_enhance.distillation.intermediate import STUDENT_CONFIG_KEY as RECORD_KEY
 from hf_enhance.modeling import repeated_blocks
 from hf_enhance.students.calibration import Batches, CalibrationData, calibration_batches
 from hf_enhance.students.importance import (
@@ -30,6 +29,7 @@ from hf_enhance.students.importance import (
     skip_divergence,
 )
 from hf_enhance.students.layouts import BlockLayout, block_layout
+from hf_enhance.students.record import RECORD_KEY
 
 __all__ = ["LAYER_STRATEGIES", "RECORD_KEY", "student_from_teacher"]
 

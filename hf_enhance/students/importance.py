@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
-from hf_enhance.distillation.teacher import logits_of
+from hf_enhance.modeling import logits_of
 from hf_enhance.students.calibration import Batches
 from hf_enhance.students.layouts import BlockLayout
 

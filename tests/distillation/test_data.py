@@ -11,7 +11,11 @@ import pytest
 import torch
 from transformers import GenerationMixin, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from hf_enhance.distillation.data import _settings, generate_teacher_texts, teacher_texts_cache_file
+from hf_enhance.distillation.sources.teacher_texts import (
+    _settings,
+    generate_teacher_texts,
+    teacher_texts_cache_file,
+)
 from tests.examples.tiny_lm import tiny_tokenizer
 from tests.tiny import tiny_gpt2
 
@@ -216,7 +220,7 @@ def test_a_reused_cache_says_so_in_one_log_line(
     teacher.generation_config.suppress_tokens = (5, 6)  # a tuple: JSON reads it back as a list
     generate_teacher_texts(teacher, tokenizer, PROMPTS, max_new_tokens=5, cache_dir=tmp_path)
     (cache_file,) = (tmp_path / "teacher_texts").glob("*.json")
-    with caplog.at_level("INFO", logger="hf_enhance.distillation.data"):
+    with caplog.at_level("INFO", logger="hf_enhance.distillation.sources.teacher_texts"):
         generate_teacher_texts(teacher, tokenizer, PROMPTS, max_new_tokens=5, cache_dir=tmp_path)
     (line,) = [record.getMessage() for record in caplog.records if "Reusing" in record.getMessage()]
     assert str(cache_file) in line and "refresh=True" in line and "\n" not in line

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_enhance import distillation_loss, fused_distillation_loss
-from hf_enhance.distillation.fused import default_chunk_size
+from hf_enhance.objectives.fused import default_chunk_size
 
 N, V, H_S, H_T = 37, 101, 16, 24
 

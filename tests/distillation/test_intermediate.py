@@ -25,9 +25,9 @@ from hf_enhance.distillation.intermediate import (
     build_projections,
     captured_block_outputs,
     default_layer_map,
-    uniform_layer_map,
 )
 from hf_enhance.distillation.trainer import HIDDEN_PROJECTIONS_NAME
+from hf_enhance.objectives.hidden_states import uniform_layer_map
 from tests.distillation.ddp_hidden import train as ddp_train
 from tests.launch import torchrun_two_processes
 from tests.tiny import (

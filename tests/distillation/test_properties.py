@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hf_enhance import distillation_loss, sparse_distillation_loss
-from hf_enhance.distillation.fused import fused_distillation_loss
+from hf_enhance.objectives.fused import fused_distillation_loss
 
 SETTINGS = settings(max_examples=40, deadline=None, derandomize=True, database=None)
 

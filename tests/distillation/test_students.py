@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from hf_enhance.distillation import GRUClassifier
-from hf_enhance.distillation.students import POOLINGS, projected_embeddings
+from hf_enhance.students.gru import POOLINGS, projected_embeddings
 from hf_enhance.training import EnhancedTrainer, EnhancedTrainingArguments
 from tests.tiny import VOCAB, classification_dataset, pad_collator, tiny_bert_classifier
 

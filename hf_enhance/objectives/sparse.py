@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from hf_enhance.distillation.losses import (
+from hf_enhance.objectives.losses import (
     DistillationOutput,
     DivergenceKind,
-    check_distillation_settings,
     check_label_ids,
     distillation_loss,
 )
+from hf_enhance.objectives.settings import LossSettings
 
 # Log-mass used for an empty bucket (teacher mass that rounds to 0): exp() of it is 0 in float32 at any
 # temperature, yet it stays finite so that 0 · log 0 terms evaluate to 0 and not NaN.
@@ -75,7 +75,7 @@ def sparse_distillation_loss(
     labels aligned to them, as `DistillationTrainer` does), and the gradient with respect to them is written in
     closed form: the objective costs about what the student's own cross-entropy costs.
     """
-    check_distillation_settings(alpha, temperature, kind, beta)
+    LossSettings(alpha, temperature, kind, beta, ignore_index)
     _check_shapes(student_logits, topk_ids, topk_logprobs, residual_logprob, labels, mask)
     vocab_size, top_k = student_logits.shape[-1], topk_ids.shape[-1]
     student = student_logits.reshape(-1, vocab_size)

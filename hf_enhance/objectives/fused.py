@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from hf_enhance.distillation.losses import (
+from hf_enhance.objectives.losses import (
     DistillationOutput,
     DivergenceKind,
-    check_distillation_settings,
     check_label_ids,
 )
-from hf_enhance.distillation.vocab import Vocabulary
+from hf_enhance.objectives.settings import LossSettings
+from hf_enhance.objectives.vocab import Vocabulary
 
 CHUNK_ELEMENTS = 2**23
 """Logit entries per ``[chunk, V]`` float32 buffer (32 MiB) that `default_chunk_size` aims for. From
@@ -94,7 +94,7 @@ def fused_distillation_loss(
         with ``alpha=1.0``. The logits are computed in the inputs' dtype and the objective in float32, exactly as
         when a bf16 model's logits are passed to `distillation_loss`. Backward may run once per call.
     """
-    check_distillation_settings(alpha, temperature, kind, beta)
+    LossSettings(alpha, temperature, kind, beta, ignore_index)
     check_fused_inputs(
         student_hidden,
         student_head_weight,

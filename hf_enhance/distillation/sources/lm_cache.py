@@ -36,8 +36,9 @@ from datasets import Dataset, concatenate_datasets
 from torch import nn
 from tqdm.auto import tqdm
 
-from hf_enhance.distillation.teacher import logits_of, output_size
+from hf_enhance.distillation.teacher import output_size
 from hf_enhance.files import write_json_atomically
+from hf_enhance.modeling import logits_of
 
 __all__ = [
     "CACHE_BATCH_KEYS",

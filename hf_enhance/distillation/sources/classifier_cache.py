@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_enhance.distillation.teacher import logits_of
+from hf_enhance.modeling import logits_of
 
 __all__ = ["TEACHER_INPUT_COLUMNS", "CachedTeacher"]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-DivergenceKind = Literal["forward_kl", "reverse_kl", "jsd"]
-DIVERGENCE_KINDS: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd")
+from hf_enhance.objectives.settings import DIVERGENCE_KINDS, DivergenceKind, LossSettings
+
+__all__ = ["DIVERGENCE_KINDS", "DistillationOutput", "DivergenceKind", "distillation_loss", "divergence"]
 
 
 @dataclass
@@ -25,35 +25,6 @@ class DistillationOutput:
     kd_loss: torch.Tensor
     ce_loss: torch.Tensor | None
     num_tokens: torch.Tensor
-
-
-def check_distillation_settings(alpha: float, temperature: float, kind: str, beta: float) -> None:
-    """Raise a ValueError that says what is wrong and how to fix it for out-of-range settings."""
-    for name, value in (("alpha", alpha), ("temperature", temperature), ("beta", beta)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(
-                f"{name}={value!r} is a {type(value).__name__}; it must be a number (e.g. alpha=0.5, "
-                "temperature=2.0, beta=0.5). Pass a float, not a string or None."
-            )
-    if not 0.0 <= alpha <= 1.0 or math.isnan(alpha):
-        raise ValueError(
-            f"alpha={alpha} is outside [0, 1]. alpha weighs the distillation term against the label loss "
-            "(loss = alpha * kd + (1 - alpha) * ce); use 1.0 for pure distillation, 0.0 for labels only."
-        )
-    if not temperature > 0.0 or math.isinf(temperature):
-        raise ValueError(
-            f"temperature={temperature} must be a finite number > 0: the logits are divided by it before the "
-            "softmax. Use 1.0 for the raw distributions; 2.0-4.0 are common choices for distillation."
-        )
-    if kind not in DIVERGENCE_KINDS:
-        raise ValueError(
-            f"Unknown distillation loss kind {kind!r}. Valid choices: {', '.join(DIVERGENCE_KINDS)}."
-        )
-    if not 0.0 <= beta <= 1.0 or math.isnan(beta):
-        raise ValueError(
-            f"beta={beta} is outside [0, 1]. It interpolates the JSD mixture M = beta * p_teacher + "
-            "(1 - beta) * p_student; 0 gives forward KL, 1 gives reverse KL."
-        )
 
 
 def check_label_ids(labels: torch.Tensor, num_classes: int, what: str = "labels") -> None:
@@ -139,7 +110,7 @@ def distillation_loss(
     Both terms are means over the kept positions, computed in float32 with log-softmax. When every position is
     masked the loss is 0 and still connected to the graph (no NaN).
     """
-    check_distillation_settings(alpha, temperature, kind, beta)
+    LossSettings(alpha, temperature, kind, beta, ignore_index)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             f"Student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} "

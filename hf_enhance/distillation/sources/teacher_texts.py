@@ -22,6 +22,7 @@ from datasets import Dataset
 from torch import nn
 from tqdm.auto import tqdm
 
+import hf_enhance
 from hf_enhance.files import write_json_atomically
 
 __all__ = ["generate_teacher_texts", "teacher_texts_cache_file"]
@@ -66,8 +67,6 @@ def _settings(
     cache file, so a reread key compares equal)."""
     import transformers
 
-    from hf_enhance import __version__
-
     config = getattr(teacher, "config", None)
     generation_config = getattr(teacher, "generation_config", None)
     settings = {
@@ -88,7 +87,7 @@ def _settings(
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
-            "hf_enhance": __version__,
+            "hf_enhance": hf_enhance.__version__,
         },
     }
     return json.loads(json.dumps(settings, default=str))
