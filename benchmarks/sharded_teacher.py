@@ -55,12 +55,12 @@ from transformers import (
 )
 
 from hf_enhance import fused_distillation_loss
-from hf_enhance.distillation.hidden import head_bypassed
-from hf_enhance.distillation.sharded import (
+from hf_enhance.distillation.placement.fsdp2 import (
     shard_teacher,
     vocab_parallel_distillation_loss,
     vocab_parallel_objective,
 )
+from hf_enhance.distillation.placement.heads import head_bypassed
 from hf_enhance.params import zoo_config
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,9 +6,8 @@ _moved.install()
 
 # ruff: noqa: E402
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
-from hf_enhance.distillation.on_policy import PromptCompletionCollator
+from hf_enhance.distillation.placement.fsdp2 import shard_teacher, vocab_parallel_distillation_loss
 from hf_enhance.distillation.report import TeacherStudentReport, teacher_student_report
-from hf_enhance.distillation.sharded import shard_teacher, vocab_parallel_distillation_loss
 from hf_enhance.distillation.sources.classifier_cache import CachedTeacher
 from hf_enhance.distillation.sources.lm_cache import (
     TeacherCacheCollator,
@@ -18,6 +17,7 @@ from hf_enhance.distillation.sources.lm_cache import (
     with_teacher_cache,
 )
 from hf_enhance.distillation.sources.teacher_texts import generate_teacher_texts
+from hf_enhance.distillation.terms.on_policy import PromptCompletionCollator
 from hf_enhance.distillation.trainer import DistillationTrainer
 from hf_enhance.objectives.fused import fused_distillation_loss
 from hf_enhance.objectives.hidden_states import hidden_state_loss

@@ -22,6 +22,12 @@ MOVED: dict[str, str] = {
     "hf_enhance.distillation.lm_cache": "hf_enhance.distillation.sources.lm_cache",
     "hf_enhance.distillation.classifier_cache": "hf_enhance.distillation.sources.classifier_cache",
     "hf_enhance.distillation.data": "hf_enhance.distillation.sources.teacher_texts",
+    "hf_enhance.distillation.hidden": "hf_enhance.distillation.placement.heads",
+    "hf_enhance.distillation.sharded": "hf_enhance.distillation.placement.fsdp2",
+    "hf_enhance.distillation.zero3": "hf_enhance.distillation.placement.zero3",
+    "hf_enhance.distillation.intermediate": "hf_enhance.distillation.terms.blocks",
+    "hf_enhance.distillation.hidden_trainer": "hf_enhance.distillation.terms.hidden_states",
+    "hf_enhance.distillation.on_policy": "hf_enhance.distillation.terms.on_policy",
 }
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_enhance.distillation.on_policy import (
+from hf_enhance.distillation.terms.on_policy import (
     PromptCompletionCollator,
     completion_batch,
     generation_mode,

@@ -29,7 +29,7 @@ from hf_enhance.students.importance import (
     skip_divergence,
 )
 from hf_enhance.students.layouts import BlockLayout, block_layout
-from hf_enhance.students.record import RECORD_KEY
+from hf_enhance.students.record import RECORD_KEY, build_record
 
 __all__ = ["LAYER_STRATEGIES", "RECORD_KEY", "student_from_teacher"]
 
@@ -298,46 +298,6 @@ def _student_config(
     return config
 
 
-def _record(
-    teacher: _Teacher,
-    plan: _Plan,
-    strategy: str | None,
-    layer_scores: list[float] | None,
-    importance: Importance | None,
-    batches: Batches | None,
-) -> dict[str, Any]:
-    """What was kept and why, as plain JSON types (it is saved in the student's config.json)."""
-
-    def per_layer(values: dict[int, torch.Tensor]) -> list[list[int]] | None:
-        return [values[layer].tolist() for layer in plan.layers] if values else None
-
-    def rounded(values: Sequence[float] | torch.Tensor) -> list[float]:
-        return [round(float(value), 6) for value in values]
-
-    head_scores = None
-    if importance is not None and importance.query_heads is not None and plan.kv_groups:
-        group = teacher.heads // teacher.kv_heads
-        head_scores = [
-            rounded(importance.query_heads[layer].reshape(teacher.kv_heads, group).sum(1))
-            for layer in plan.layers
-        ]
-    return {
-        "teacher": teacher.model.config.name_or_path or type(teacher.model).__name__,
-        "teacher_num_layers": len(teacher.stack),
-        "layers": list(plan.layers),
-        "layer_strategy": strategy,
-        "layer_scores": None if layer_scores is None else rounded(layer_scores),
-        "block_influence": None if importance is None else rounded(importance.block_influence),
-        "teacher_intermediate_size": teacher.intermediate or None,
-        "neurons": per_layer(plan.neurons),
-        "kv_groups": per_layer(plan.kv_groups),
-        "kv_group_scores": head_scores,
-        "teacher_hidden_size": teacher.hidden,
-        "hidden_channels": None if plan.channels is None else plan.channels.tolist(),
-        "calibration": None if batches is None else {"batches": len(batches), "tokens": batches.tokens},
-    }
-
-
 def student_from_teacher(
     teacher: PreTrainedModel,
     *,
@@ -429,7 +389,7 @@ def student_from_teacher(
         if hidden_size is not None and hidden_size < described.hidden:
             assert importance.channels is not None
             plan.channels = _top(importance.channels, hidden_size)
-    record = _record(described, plan, strategy, scores, importance, batches)
+    record = build_record(described, plan, strategy, scores, importance, batches)
     config = _student_config(described, plan, sizes, record)
     with init_empty_weights(include_buffers=False):
         student = type(teacher)(config)

@@ -25,8 +25,8 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from hf_enhance.distillation import DistillationTrainer, DistillationTrainingArguments
-from hf_enhance.distillation.sharded import shard_teacher
-from hf_enhance.distillation.zero3 import gathered
+from hf_enhance.distillation.placement.fsdp2 import shard_teacher
+from hf_enhance.distillation.placement.zero3 import gathered
 from tests.launch import finish_worker, torchrun_two_processes
 from tests.tiny import PLAIN_SGD, lm_dataset, pad_collator, tiny_gpt2
 

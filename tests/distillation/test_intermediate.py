@@ -21,7 +21,7 @@ from hf_enhance.distillation import (
     distillation_loss,
     hidden_state_loss,
 )
-from hf_enhance.distillation.intermediate import (
+from hf_enhance.distillation.terms.blocks import (
     build_projections,
     captured_block_outputs,
     default_layer_map,
@@ -450,7 +450,7 @@ def test_lora_student_hooks_the_base_blocks_and_trains_its_adapters(tmp_path: Pa
         train_dataset=lm_dataset(8),
         data_collator=pad_collator,
     )
-    assert trainer._hidden_blocks[0][0] is student.get_base_model().transformer.h[0]
+    assert trainer.hidden_term.student_blocks[0] is student.get_base_model().transformer.h[0]
     reference = DistillationTrainer(model=plain, teacher_model=teacher, args=args)
     batch = pad_collator(list(lm_dataset(4)))
     torch.testing.assert_close(  # LoRA starts as the identity: both see the same blocks, projections and loss

@@ -12,7 +12,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import GenerationMixin, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from hf_enhance import DistillationTrainer, PromptCompletionCollator
-from hf_enhance.distillation.on_policy import completion_batch
+from hf_enhance.distillation.terms.on_policy import completion_batch
 from tests.examples.tiny_lm import tiny_tokenizer
 from tests.tiny import distillation_args
 
@@ -225,7 +225,7 @@ def test_the_objective_equals_trls_gkd_on_the_same_generated_sequences(
     prompts = torch.tensor(
         [tokenizer(text)["input_ids"][:2] for text in ("The sea is", "Rain falls")]
     )  # no padding
-    generated = trainer._generate(
+    generated = trainer.on_policy.generate(
         trainer.model, {"prompt_input_ids": prompts, "prompt_attention_mask": torch.ones_like(prompts)}
     )
     assert trainer.model.training  # the fused objective runs in training steps; gpt2() has no dropout
@@ -347,8 +347,7 @@ def test_off_policy_steps_read_the_cache_and_on_policy_steps_run_the_live_teache
 ) -> None:
     generate = GenerateSpy(monkeypatch)
     trainer, teacher = _cached_and_live(tokenizer, tmp_path, lmbda=0.5)
-    on_policy = [trainer._on_policy_step() for trainer.state.global_step in range(4)]
-    trainer.state.global_step = 0
+    on_policy = [trainer.on_policy.is_on_policy_step(step) for step in range(4)]
     assert 0 < sum(on_policy) < 4  # the seed mixes both kinds of step
     eval_batches = len(trainer.get_eval_dataloader())  # the eval set has no cache: the live teacher grades it
     trainer.train()

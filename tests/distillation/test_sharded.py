@@ -17,13 +17,13 @@ from torch.distributed.fsdp import fully_shard
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_enhance import fused_distillation_loss
-from hf_enhance.distillation.hidden import head_bypassed, plain_lm_head
-from hf_enhance.distillation.sharded import (
+from hf_enhance.distillation.placement.fsdp2 import (
     is_sharded,
     shard_teacher,
     vocab_parallel_distillation_loss,
     vocab_parallel_objective,
 )
+from hf_enhance.distillation.placement.heads import head_bypassed, plain_lm_head
 from hf_enhance.modeling import meta_model
 from tests.distillation.distributed_teacher import check_trains_like_one_process
 from tests.tiny import VOCAB, tiny_gpt2

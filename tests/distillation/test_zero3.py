@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from hf_enhance.distillation import DistillationTrainer, DistillationTrainingArguments
-from hf_enhance.distillation.zero3 import teacher_engine_config
+from hf_enhance.distillation.placement import choose_placement
+from hf_enhance.distillation.placement.zero3 import teacher_engine_config
 from tests.distillation.distributed_teacher import check_trains_like_one_process
 from tests.tiny import tiny_gpt2
 
@@ -76,9 +77,9 @@ def zero3_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Distillati
 def test_an_fsdp2_sharded_teacher_in_a_zero3_run_is_refused_as_mixed_engines(
     zero3_trainer: DistillationTrainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hf_enhance.distillation.trainer.is_sharded", lambda model: True)
+    monkeypatch.setattr("hf_enhance.distillation.placement.is_sharded", lambda model: True)
     with pytest.raises(ValueError, match=r"sharded with FSDP2.*ZeRO-3.*Mixing engines.*plain teacher"):
-        zero3_trainer._place_teacher(tiny_gpt2(seed=1))
+        choose_placement(tiny_gpt2(seed=1), zero3_trainer.accelerator, fsdp=False, deepspeed=True)
 
 
 def test_a_deepspeed_engine_teacher_without_zero3_is_refused_as_mixed_engines(tmp_path: Path) -> None:
@@ -88,4 +89,4 @@ def test_a_deepspeed_engine_teacher_without_zero3_is_refused_as_mixed_engines(tm
     with pytest.raises(
         ValueError, match=r"DeepSpeed engine but the run does not use DeepSpeed ZeRO-3.*Mixing"
     ):
-        trainer._place_teacher(engine)
+        choose_placement(engine, trainer.accelerator, fsdp=False, deepspeed=False)

@@ -6,7 +6,7 @@ teacher under the same scheme, as its own inference engine (no optimizer, no gra
 processes keeps about 1/N of it.
 
 A ZeRO-3 split is by flat position, not by vocabulary row, so the vocabulary-parallel objective of
-`hf_enhance.distillation.sharded` does not apply. `gathered_heads_objective` gathers both LM heads for the one
+`hf_enhance.distillation.placement.fsdp2` does not apply. `gathered_heads_objective` gathers both LM heads for the one
 call of the fused objective instead: each process briefly holds ``(V_student + V_teacher) x H`` head values, as
 the logit objective's forwards already do, and never the ``[tokens, V]`` logits. The student's head is gathered by
 its own ZeRO-3 hooks (the objective runs as that module's forward), so its gradient is reduce-scattered like any
@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import fields
 from typing import Any
 
 import torch
 from torch import nn
 
+from hf_enhance.distillation.placement.base import TeacherPlacement
+from hf_enhance.distillation.placement.heads import gathered
 from hf_enhance.distillation.teacher import check_weights_present, freeze
 from hf_enhance.modeling import is_deepspeed_engine
 from hf_enhance.objectives.fused import fused_distillation_loss
 from hf_enhance.objectives.losses import DistillationOutput
 
-__all__ = ["gathered", "gathered_heads_objective", "partition_teacher"]
+__all__ = ["Zero3Placement", "gathered", "gathered_heads_objective", "partition_teacher"]
 
 # Zero-optimization keys the teacher's engine takes from the student's config: where parameters live.
 _PLACEMENT_KEYS = ("offload_param",)
@@ -85,17 +87,6 @@ def partition_teacher(teacher: nn.Module, student_config: dict[str, Any]) -> nn.
     return engine
 
 
-def gathered(module: nn.Module, recurse: bool = False) -> AbstractContextManager[Any]:
-    """Within the block, ``module``'s own ZeRO-3 partitioned parameters (its submodules' too with ``recurse``) are
-    whole (read-only); a no-op for parameters ZeRO-3 does not partition."""
-    parameters = [p for p in module.parameters(recurse=recurse) if hasattr(p, "ds_id")]
-    if not parameters:
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(parameters)
-
-
 @contextmanager
 def _objective_as_forward(module: nn.Module, objective: Any) -> Iterator[None]:
     """Within the block, calling ``module`` runs ``objective(module, *args)`` in place of its forward (with its
@@ -145,3 +136,34 @@ def gathered_heads_objective(
         _objective_as_forward(student_head, objective),
     ):
         return DistillationOutput(*student_head(student_hidden))
+
+
+class Zero3Placement(TeacherPlacement):
+    """The teacher partitioned as a DeepSpeed ZeRO-3 inference engine beside a ZeRO-3 student (`partition_teacher`),
+    and the fused objective on the two heads gathered for its call (`gathered_heads_objective`).
+
+    Args:
+        deepspeed_config: the run's DeepSpeed config, whose precision and parameter placement the teacher's engine
+            takes (`teacher_engine_config`).
+    """
+
+    def __init__(self, deepspeed_config: dict[str, Any]) -> None:
+        self.deepspeed_config = deepspeed_config
+
+    def place(self, teacher: nn.Module) -> nn.Module:
+        return partition_teacher(teacher, self.deepspeed_config)
+
+    def head_objective(
+        self,
+        student_hidden: torch.Tensor,
+        student_head: nn.Linear,
+        teacher_hidden: torch.Tensor,
+        teacher_head: nn.Linear,
+        labels: torch.Tensor | None,
+        *,
+        columns: int | None,
+        **settings: Any,
+    ) -> DistillationOutput:
+        return gathered_heads_objective(
+            student_hidden, student_head, teacher_hidden, teacher_head, labels, columns=columns, **settings
+        )

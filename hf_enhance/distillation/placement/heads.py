@@ -1,4 +1,4 @@
-"""A causal LM's final hidden states and head, without computing its ``[tokens, vocab]`` logits.
+"""A causal LM's final hidden states and head, without computing its ``[tokens, vocab]`` logits (any placement).
 
 The fused objective (`fused_distillation_loss`) needs what the LM head consumes plus the head's weight. Running
 the model with its output embeddings swapped for `nn.Identity` returns exactly that through the model's own
@@ -8,7 +8,7 @@ forward (so DDP, PEFT and accelerate wrappers still see a normal forward), and n
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -18,7 +18,6 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
-from hf_enhance.distillation.zero3 import gathered
 from hf_enhance.modeling import logits_of, unwrap
 
 # Config attributes that mean the model transforms hidden @ W.T before returning logits.
@@ -54,6 +53,17 @@ def head_bypassed(model: nn.Module) -> Iterator[nn.Linear]:
         yield head
     finally:
         base.set_output_embeddings(head)
+
+
+def gathered(module: nn.Module, recurse: bool = False) -> AbstractContextManager[Any]:
+    """Within the block, ``module``'s own ZeRO-3 partitioned parameters (its submodules' too with ``recurse``) are
+    whole (read-only); a no-op for parameters ZeRO-3 does not partition."""
+    parameters = [p for p in module.parameters(recurse=recurse) if hasattr(p, "ds_id")]
+    if not parameters:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(parameters)
 
 
 def hidden_states_match_logits(

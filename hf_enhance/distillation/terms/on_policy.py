@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -23,12 +23,10 @@ import torch.distributed as dist
 from datasets import Dataset
 from torch import nn
 
-from hf_enhance.distillation.sharded import is_sharded
-from hf_enhance.distillation.sources.lm_cache import CACHE_BATCH_KEYS
+from hf_enhance.distillation.placement.fsdp2 import is_sharded
+from hf_enhance.distillation.sources.cache_batches import CACHE_BATCH_KEYS
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
-
     from hf_enhance.distillation.arguments import DistillationTrainingArguments
     from hf_enhance.training.internals import TrainerInternals
 
@@ -38,10 +36,19 @@ else:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PROMPT_KEYS", "PromptCompletionCollator", "completion_batch"]
+__all__ = [
+    "ON_POLICY_KEY",
+    "PROMPT_KEYS",
+    "TEXT_COLUMNS",
+    "OnPolicySampler",
+    "PromptCompletionCollator",
+    "completion_batch",
+]
 
 # Batch keys that carry the prompt alone (left-padded), for generation; never passed to a model.
 PROMPT_KEYS: tuple[str, ...] = ("prompt_input_ids", "prompt_attention_mask")
+# Batch key of a generated batch's flag: True for the student's own samples, False for the teacher's (seq_kd).
+ON_POLICY_KEY = "on_policy"
 # Dataset columns the collator reads; kept when Trainer drops the columns a model's forward does not take.
 TEXT_COLUMNS: tuple[str, ...] = ("prompt", "completion", "messages")
 
@@ -279,33 +286,39 @@ def sample_completions(
     return output[:, prompt_ids.shape[1] :].to(prompt_ids.device)
 
 
-class OnPolicyDistillation(_TrainerBase):
-    """Replaces completions by the student's (on-policy) or the teacher's (``seq_kd``) samples, step by step.
+class OnPolicySampler:
+    """Replaces an optimizer step's completions by the student's (on-policy) or the teacher's (``seq_kd``) samples.
 
-    Mix in before the Trainer class; the host provides `teacher_model`, `processing_class` and `accelerator`.
+    A component of `DistillationTrainer` (built when ``lmbda > 0`` or ``seq_kd``). Each generated batch carries
+    its own ``on_policy`` flag (`ON_POLICY_KEY`), which the trainer reads from the batch.
+
+    Args:
+        args: the run's `DistillationTrainingArguments` (lmbda, seq_kd, the generation settings, the seed).
+        teacher: the placed teacher, or None (a cache only: refused, nothing would grade generated text).
+        tokenizer: the tokenizer both models share (padding and EOS of generated completions).
+        task: the distillation task (a causal LM is needed).
+        train_dataset: checked for prompt columns when it has column names.
+        autocast: the run's autocast context (generation runs under it, as the forwards do).
     """
 
-    args: DistillationTrainingArguments
-    accelerator: Accelerator
-    teacher_model: nn.Module | None
-
-    def _set_up_on_policy(self, task: str | None, train_dataset: Any) -> None:
-        self._generation_logs: dict[str, list[float]] = {
-            "on_policy": [],
-            "completion_length": [],
-            "seconds": [],
-        }
-        if not self._generates:
-            return
-        if self.teacher_model is None:
+    def __init__(
+        self,
+        args: DistillationTrainingArguments,
+        teacher: nn.Module | None,
+        tokenizer: Any,
+        task: str | None,
+        train_dataset: Any,
+        autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
+        if teacher is None:
             raise ValueError(
-                f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} need a live teacher to grade (or write) "
+                f"lmbda={args.lmbda} / seq_kd={args.seq_kd} need a live teacher to grade (or write) "
                 "completions generated during training, but the trainer has only a teacher_cache. Pass "
                 "teacher_model= as well, or set lmbda=0 and seq_kd=False."
             )
         if task not in ("causal_lm", None):
             raise ValueError(
-                f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} generate completions, which needs a causal "
+                f"lmbda={args.lmbda} / seq_kd={args.seq_kd} generate completions, which needs a causal "
                 f"LM student; this student is a {task} model. Set lmbda=0 and seq_kd=False."
             )
         columns = getattr(train_dataset, "column_names", None)
@@ -313,74 +326,68 @@ class OnPolicyDistillation(_TrainerBase):
             {"prompt", "messages"} & set(columns) or "prompt_input_ids" in columns
         ):
             raise ValueError(
-                f"lmbda={self.args.lmbda} / seq_kd={self.args.seq_kd} generate completions for the dataset's "
+                f"lmbda={args.lmbda} / seq_kd={args.seq_kd} generate completions for the dataset's "
                 f"prompts, but the training set has no 'prompt' (with 'completion') or 'messages' column (columns: "
                 f"{columns}). Build prompt/completion rows and collate them with PromptCompletionCollator."
             )
+        self.args = args
+        self.teacher = teacher
+        self.tokenizer = tokenizer
+        self.autocast = autocast
+        self._logs: dict[str, list[float]] = {"on_policy": [], "completion_length": [], "seconds": []}
 
-    @property
-    def _generates(self) -> bool:
-        return self.args.lmbda > 0 or self.args.seq_kd
-
-    def _on_policy_step(self) -> bool:
-        """Whether this optimizer step is on-policy: the same draw on every process (seed and step)."""
+    def is_on_policy_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` is on-policy: the same draw on every process (seed and step)."""
         if self.args.lmbda >= 1.0:
             return True
-        return random.Random(f"{self.args.seed}:{self.state.global_step}").random() < self.args.lmbda
+        return random.Random(f"{self.args.seed}:{step}").random() < self.args.lmbda
 
-    def get_batch_samples(
-        self, epoch_iterator: Iterator[Any], num_batches: int, device: torch.device
-    ) -> tuple[list[Any], torch.Tensor | int | None]:
-        """Trainer's prefetch of one optimizer step's micro-batches, with generated completions swapped in.
-
-        The completion-token count that normalises the step is taken after the swap.
-        """
-        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if not self._generates or not batches:
-            return batches, num_items
-        on_policy = self._on_policy_step()
+    def swap(self, batches: list[Any], step: int, student: nn.Module) -> list[Any] | None:
+        """The step's micro-batches with generated completions, or None when this step keeps the dataset's."""
+        on_policy = self.is_on_policy_step(step)
         if not on_policy and not self.args.seq_kd:
-            self._generation_logs["on_policy"].append(0.0)
-            return batches, num_items
+            self._logs["on_policy"].append(0.0)
+            return None
         missing = [key for key in PROMPT_KEYS if key not in batches[0]]
         if missing:
             raise ValueError(
                 f"The batch has no {missing}: on-policy distillation and seq_kd need the prompts alone for "
                 "generation. Collate prompt/completion rows with hf_enhance.PromptCompletionCollator."
             )
-        generator = self.accelerator.unwrap_model(self.model) if on_policy else self.teacher_model
+        generator = student if on_policy else self.teacher
         began = time.perf_counter()
-        batches = [self._generate(generator, batch) for batch in batches]
-        self._generation_logs["seconds"].append(time.perf_counter() - began)
-        self._generation_logs["on_policy"].append(float(on_policy))
-        self._generation_logs["completion_length"].extend(
+        batches = [self.generate(generator, batch) for batch in batches]
+        self._logs["seconds"].append(time.perf_counter() - began)
+        self._logs["on_policy"].append(float(on_policy))
+        self._logs["completion_length"].extend(
             float(length) for batch in batches for length in (batch["labels"] != -100).sum(1).tolist()
         )
         for batch in batches:
-            batch["on_policy"] = on_policy
-        return batches, self._count_batch_items(batches, device)
+            batch[ON_POLICY_KEY] = on_policy
+        return batches
 
-    def _generate(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+    def generate(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch`` with its completions replaced by ``model``'s samples (labels on the completions only)."""
         prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        tokenizer = self.processing_class
-        pad_id = _pad_id(tokenizer)
+        pad_id = _pad_id(self.tokenizer)
+        eos_id = self.tokenizer.eos_token_id
         args = self.args
-        with generation_mode(model), self.accelerator.autocast():
+        with generation_mode(model), self.autocast():
             completion = sample_completions(
                 model, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
                 temperature=args.generation_temperature, top_p=args.generation_top_p, top_k=args.generation_top_k,
-                pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad_id, eos_token_id=eos_id,
             )  # fmt: skip
         generated = completion_batch(
-            prompt_ids, prompt_mask, completion, torch.ones_like(completion), tokenizer.eos_token_id, pad_id
+            prompt_ids, prompt_mask, completion, torch.ones_like(completion), eos_id, pad_id
         )
         # The dataset's teacher-cache entries describe its completion, not this one: the live teacher grades it.
         kept = {k: v for k, v in batch.items() if k not in generated and k not in CACHE_BATCH_KEYS}
         return {**kept, **generated}
 
-    def _generation_log_entries(self) -> dict[str, float]:
+    def log_entries(self) -> dict[str, float]:
         """Means since the last log: on-policy fraction, completion length, generation seconds per step."""
-        logs = self._generation_logs
+        logs = self._logs
         entries = {}
         if logs["on_policy"]:
             entries["on_policy_fraction"] = sum(logs["on_policy"]) / len(logs["on_policy"])

@@ -24,6 +24,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, Shard
 
+from hf_enhance.distillation.placement.base import TeacherPlacement
 from hf_enhance.distillation.teacher import check_weights_present, freeze
 from hf_enhance.modeling import is_deepspeed_engine, unwrap
 from hf_enhance.objectives.fused import check_fused_inputs, default_chunk_size, fused_objective
@@ -35,7 +36,13 @@ from hf_enhance.objectives.losses import (
 from hf_enhance.objectives.settings import LossSettings
 from hf_enhance.objectives.vocab import ShardedVocabulary
 
-__all__ = ["is_sharded", "shard_teacher", "vocab_parallel_distillation_loss", "vocab_parallel_objective"]
+__all__ = [
+    "ShardedPlacement",
+    "is_sharded",
+    "shard_teacher",
+    "vocab_parallel_distillation_loss",
+    "vocab_parallel_objective",
+]
 
 
 def _require_process_group(what: str) -> None:
@@ -271,3 +278,46 @@ def vocab_parallel_objective(
         group=group,
         **settings,
     )
+
+
+class ShardedPlacement(TeacherPlacement):
+    """The teacher sharded with FSDP2 over all processes (`shard_teacher`), and the vocabulary-parallel objective.
+
+    Each rank holds a slice of the teacher's head rows, so the fused objective covers every rank's tokens on
+    each rank's columns (`vocab_parallel_objective`): a collective call, taken by all ranks or by none.
+
+    Args:
+        device_type: the device type of the process mesh to shard over (the accelerator's); a teacher already
+            sharded (`shard_teacher` called by the user) is kept as it is.
+    """
+
+    collective = True
+
+    def __init__(self, device_type: str) -> None:
+        self.device_type = device_type
+
+    def place(self, teacher: nn.Module) -> nn.Module:
+        if is_sharded(teacher):
+            return teacher
+        _require_process_group("shard_teacher")
+        return shard_teacher(teacher, init_device_mesh(self.device_type, (dist.get_world_size(),)))
+
+    def agree(self, supported: bool, accelerator: Any) -> bool:
+        """Fused only when every rank can: the objective is collective."""
+        agreed = torch.tensor(float(supported), device=accelerator.device)
+        return bool(accelerator.reduce(agreed, reduction="mean") == 1.0)
+
+    def head_objective(
+        self,
+        student_hidden: torch.Tensor,
+        student_head: nn.Linear,
+        teacher_hidden: torch.Tensor,
+        teacher_head: nn.Linear,
+        labels: torch.Tensor | None,
+        *,
+        columns: int | None,
+        **settings: Any,
+    ) -> DistillationOutput:
+        return vocab_parallel_objective(
+            student_hidden, student_head, teacher_hidden, teacher_head, labels, columns=columns, **settings
+        )

@@ -1,9 +1,9 @@
-"""Intermediate-layer (hidden-state) distillation: the outputs of chosen student blocks against teacher blocks.
+"""The blocks the hidden-state term compares: finding them, pairing them, capturing their outputs, bridging widths.
 
-Student block ``i``'s output is compared with teacher block ``layer_map[i]``'s output, token by token, after an
-optional learned projection that bridges different widths. The outputs are captured with forward hooks on just
-those blocks during the forwards that already run (`captured_block_outputs`), never with
-``output_hidden_states``, which would keep every layer's states. `hidden_state_loss` is the pure objective.
+Student block ``i``'s output is compared with teacher block ``layer_map[i]``'s output. The outputs are captured
+with forward hooks on just those blocks during the forwards that already run (`captured_block_outputs`), never
+with ``output_hidden_states``, which would keep every layer's states. The distance itself is
+`hf_enhance.objectives.hidden_state_loss`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ import torch
 from torch import nn
 
 from hf_enhance.modeling import repeated_blocks, unwrap
-from hf_enhance.objectives.hidden_states import (
-    uniform_layer_map,
-)
+from hf_enhance.objectives.hidden_states import uniform_layer_map
 from hf_enhance.students.record import RECORD_KEY, student_record
 
 
