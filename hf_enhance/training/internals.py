@@ -5,7 +5,7 @@ gradient norm, saving extra state inside a checkpoint, refusing to save NaN weig
 columns, counting a step's tokens over extra terms. `TrainerInternals` overrides those private methods and
 routes each to a hook of its own (`_clip_gradients`, `_gradient_module`, `_after_grad_norm`, `_save_extra_state`,
 `_load_extra_state`, `_check_savable`, `_extra_signature_columns`, `_count_batch_items`) that `EnhancedTrainer`
-and the distillation mixins override. Nothing else in hf_enhance names a private Trainer method.
+and `DistillationTrainer` override. Nothing else in hf_enhance names a private Trainer method.
 
 `TRAINER_PRIVATE_METHODS` lists each relied-on method with the parameters it is called with and
 `signature_problem()` checks one against the installed transformers (tests/training/test_internals.py runs it for
@@ -24,7 +24,7 @@ from torch import nn
 from transformers import Trainer
 
 # Trainer methods hf_enhance overrides or calls, with the parameters (after self) it passes, in order.
-# `get_batch_samples` is public but undocumented; it is listed because OnPolicyDistillation overrides it.
+# `get_batch_samples` is public but undocumented; it is listed because DistillationTrainer overrides it (on-policy sampling).
 TRAINER_PRIVATE_METHODS: dict[str, tuple[str, ...]] = {
     "_clip_grad_norm": ("model",),
     "_get_grad_norm": ("model", "grad_norm"),

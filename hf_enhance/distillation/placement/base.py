@@ -25,7 +25,12 @@ __all__ = ["TeacherPlacement"]
 
 
 class TeacherPlacement:
-    """Where the teacher lives; subclasses say how it is placed and which head objective applies."""
+    """Where the teacher lives; subclasses say how it is placed (`place`) and which `head_objective` applies."""
+
+    head_objective: Callable[..., DistillationOutput]
+    """The fused objective on both models' final hidden states and LM heads (modules), over the first ``columns``
+    ids: ``head_objective(student_hidden, student_head, teacher_hidden, teacher_head, labels, columns=...,
+    **settings)``. Local: `heads_objective`; FSDP2: `vocab_parallel_objective`; ZeRO-3: `gathered_heads_objective`."""
 
     collective: bool = False
     """The fused objective is computed over every rank's tokens at once (the same result on each rank), so every
@@ -44,20 +49,6 @@ class TeacherPlacement:
     def agree(self, supported: bool, accelerator: Any) -> bool:
         """The decision to use the fused objective, as every rank must take it (default: each its own)."""
         return supported
-
-    def head_objective(
-        self,
-        student_hidden: torch.Tensor,
-        student_head: nn.Linear,
-        teacher_hidden: torch.Tensor,
-        teacher_head: nn.Linear,
-        labels: torch.Tensor | None,
-        *,
-        columns: int | None,
-        **settings: Any,
-    ) -> DistillationOutput:
-        """The fused objective on both models' final hidden states and LM heads, over the first ``columns`` ids."""
-        raise NotImplementedError
 
     def fused_objective(
         self,

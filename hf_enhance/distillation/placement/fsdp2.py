@@ -292,6 +292,7 @@ class ShardedPlacement(TeacherPlacement):
     """
 
     collective = True
+    head_objective = staticmethod(vocab_parallel_objective)
 
     def __init__(self, device_type: str) -> None:
         self.device_type = device_type
@@ -306,18 +307,3 @@ class ShardedPlacement(TeacherPlacement):
         """Fused only when every rank can: the objective is collective."""
         agreed = torch.tensor(float(supported), device=accelerator.device)
         return bool(accelerator.reduce(agreed, reduction="mean") == 1.0)
-
-    def head_objective(
-        self,
-        student_hidden: torch.Tensor,
-        student_head: nn.Linear,
-        teacher_hidden: torch.Tensor,
-        teacher_head: nn.Linear,
-        labels: torch.Tensor | None,
-        *,
-        columns: int | None,
-        **settings: Any,
-    ) -> DistillationOutput:
-        return vocab_parallel_objective(
-            student_hidden, student_head, teacher_hidden, teacher_head, labels, columns=columns, **settings
-        )

@@ -11,7 +11,31 @@ from hf_enhance.distillation.placement.base import TeacherPlacement
 from hf_enhance.objectives.fused import fused_distillation_loss
 from hf_enhance.objectives.losses import DistillationOutput
 
-__all__ = ["LocalPlacement"]
+__all__ = ["LocalPlacement", "heads_objective"]
+
+
+def heads_objective(
+    student_hidden: torch.Tensor,
+    student_head: nn.Linear,
+    teacher_hidden: torch.Tensor,
+    teacher_head: nn.Linear,
+    labels: torch.Tensor | None,
+    *,
+    columns: int | None = None,
+    **settings: Any,
+) -> DistillationOutput:
+    """`fused_distillation_loss` on two whole LM heads, cut to their first ``columns`` rows (padding rows out)."""
+    rows = slice(None, columns)
+    return fused_distillation_loss(
+        student_hidden,
+        student_head.weight[rows],
+        teacher_hidden,
+        teacher_head.weight[rows],
+        labels,
+        student_head_bias=None if student_head.bias is None else student_head.bias[rows],
+        teacher_head_bias=None if teacher_head.bias is None else teacher_head.bias[rows],
+        **settings,
+    )
 
 
 class LocalPlacement(TeacherPlacement):
@@ -22,6 +46,8 @@ class LocalPlacement(TeacherPlacement):
         fsdp1: the student is wrapped by FSDP1, which shards its LM head: the fused objective, which reads the
             head's full weight, does not apply.
     """
+
+    head_objective = staticmethod(heads_objective)
 
     def __init__(self, device: torch.device | None, fsdp1: bool = False) -> None:
         self.device = device
@@ -34,25 +60,3 @@ class LocalPlacement(TeacherPlacement):
         if self.fsdp1:
             return "FSDP1 shards the LM head, whose full weight the fused loss reads"
         return super().fused_problem(student, teacher)
-
-    def head_objective(
-        self,
-        student_hidden: torch.Tensor,
-        student_head: nn.Linear,
-        teacher_hidden: torch.Tensor,
-        teacher_head: nn.Linear,
-        labels: torch.Tensor | None,
-        *,
-        columns: int | None,
-        **settings: Any,
-    ) -> DistillationOutput:
-        return fused_distillation_loss(
-            student_hidden,
-            student_head.weight[:columns],
-            teacher_hidden,
-            teacher_head.weight[:columns],
-            labels,
-            student_head_bias=None if student_head.bias is None else student_head.bias[:columns],
-            teacher_head_bias=None if teacher_head.bias is None else teacher_head.bias[:columns],
-            **settings,
-        )

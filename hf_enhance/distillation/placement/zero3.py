@@ -26,9 +26,9 @@ from torch import nn
 
 from hf_enhance.distillation.placement.base import TeacherPlacement
 from hf_enhance.distillation.placement.heads import gathered
+from hf_enhance.distillation.placement.local import heads_objective
 from hf_enhance.distillation.teacher import check_weights_present, freeze
 from hf_enhance.modeling import is_deepspeed_engine
-from hf_enhance.objectives.fused import fused_distillation_loss
 from hf_enhance.objectives.losses import DistillationOutput
 
 __all__ = ["Zero3Placement", "gathered", "gathered_heads_objective", "partition_teacher"]
@@ -117,16 +117,8 @@ def gathered_heads_objective(
     """
 
     def objective(head: nn.Linear, hidden: torch.Tensor) -> tuple[Any, ...]:
-        rows = slice(None, columns)
-        result = fused_distillation_loss(
-            hidden,
-            head.weight[rows],
-            teacher_hidden,
-            teacher_head.weight[rows],
-            labels,
-            student_head_bias=None if head.bias is None else head.bias[rows],
-            teacher_head_bias=None if teacher_head.bias is None else teacher_head.bias[rows],
-            **settings,
+        result = heads_objective(
+            hidden, head, teacher_hidden, teacher_head, labels, columns=columns, **settings
         )
         # A tuple, not the dataclass: ZeRO-3 hooks the tensors of a module's outputs to gather it for backward.
         return tuple(getattr(result, field.name) for field in fields(result))
@@ -147,23 +139,10 @@ class Zero3Placement(TeacherPlacement):
             takes (`teacher_engine_config`).
     """
 
+    head_objective = staticmethod(gathered_heads_objective)
+
     def __init__(self, deepspeed_config: dict[str, Any]) -> None:
         self.deepspeed_config = deepspeed_config
 
     def place(self, teacher: nn.Module) -> nn.Module:
         return partition_teacher(teacher, self.deepspeed_config)
-
-    def head_objective(
-        self,
-        student_hidden: torch.Tensor,
-        student_head: nn.Linear,
-        teacher_hidden: torch.Tensor,
-        teacher_head: nn.Linear,
-        labels: torch.Tensor | None,
-        *,
-        columns: int | None,
-        **settings: Any,
-    ) -> DistillationOutput:
-        return gathered_heads_objective(
-            student_hidden, student_head, teacher_hidden, teacher_head, labels, columns=columns, **settings
-        )
