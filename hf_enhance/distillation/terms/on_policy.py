@@ -11,7 +11,6 @@ token count that normalises the step counts completion tokens only.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,13 +27,7 @@ from hf_enhance.distillation.sources.cache_batches import CACHE_BATCH_KEYS
 
 if TYPE_CHECKING:
     from hf_enhance.distillation.arguments import DistillationTrainingArguments
-    from hf_enhance.training.internals import TrainerInternals
 
-    _TrainerBase = TrainerInternals
-else:
-    _TrainerBase = object
-
-logger = logging.getLogger(__name__)
 
 __all__ = [
     "ON_POLICY_KEY",
