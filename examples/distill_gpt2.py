@@ -898,16 +898,26 @@ def report(results: dict[str, Any], output_dir: Path) -> str:
 
 
 def report_lines(comparison: dict[str, Any] | None) -> list[str]:
-    """The teacher-versus-student report in three lines (none without a report)."""
+    """The teacher-versus-student report in a few lines (none without a report)."""
     if comparison is None:
         return []
     teacher, student = comparison["teacher"], comparison["student"]
-    return [
+    lines = [
         f"On {comparison['held_out_rows']} held-out prompts: top-1 agreement {comparison['top1_agreement']:.1%}; "
         "the teacher's NLL of each model's own answers (nats/token):",
         f"  teacher {teacher['teacher_nll_of_own_answers']:.3f}, student {student['teacher_nll_of_own_answers']:.3f}"
         f"; generation {teacher['tokens_per_second']:.0f} vs {student['tokens_per_second']:.0f} tokens/s",
+        f"  the student's own answers: entropy {student['entropy_of_own_answers']:.3f}, "
+        f"KL(student || teacher) {student['reverse_kl_of_own_answers']:.3f} nats/token",
     ]
+    assisted = comparison["assisted"]
+    if comparison["draft_acceptance"] is not None:
+        lines.append(
+            f"  as a draft for the teacher ({assisted['rows']} prompts): acceptance "
+            f"{comparison['draft_acceptance']:.1%}, assisted generation {assisted['speedup']:.2f}x the teacher "
+            f"alone, {'the same' if assisted['identical_output'] else 'NOT the same'} greedy output"
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from hf_enhance.distillation.sources.lm_cache import (
     with_teacher_cache,
 )
 from hf_enhance.distillation.sources.teacher_texts import generate_teacher_texts
-from hf_enhance.distillation.terms.on_policy import PromptCompletionCollator
+from hf_enhance.distillation.terms.prompts import PromptCompletionCollator
 from hf_enhance.distillation.trainer import DistillationTrainer
 from hf_enhance.objectives.fused import fused_distillation_loss
 from hf_enhance.objectives.hidden_states import hidden_state_loss

@@ -11,6 +11,7 @@ from hf_enhance.objectives.settings import DIVERGENCE_KINDS, LossSettings
 from hf_enhance.training import EnhancedTrainingArguments
 
 DISTILLATION_TASKS: tuple[str, ...] = ("auto", "causal_lm", "classification", "token_classification")
+LMBDA_SCHEDULES: tuple[str, ...] = ("constant", "linear", "switch")
 
 
 @dataclass
@@ -106,6 +107,21 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
             "batches (PromptCompletionCollator)."
         },
     )
+    lmbda_schedule: str = field(
+        default="constant",
+        metadata={
+            "help": "How the on-policy fraction moves within the run (one optimizer, one learning-rate schedule): "
+            "constant = lmbda at every step; linear = from 0 at step 0 up to lmbda at step lmbda_steps; switch = "
+            "off-policy before step lmbda_steps, lmbda from it (a healed start, then on-policy).",
+            "choices": list(LMBDA_SCHEDULES),
+        },
+    )
+    lmbda_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Optimizer steps of the linear ramp, or the step at which 'switch' turns lmbda on."
+        },
+    )
     seq_kd: bool = field(
         default=False,
         metadata={"help": "Off-policy steps train on completions the teacher samples (sequence-level KD)."},
@@ -173,6 +189,19 @@ class DistillationTrainingArguments(EnhancedTrainingArguments):
             raise ValueError(
                 f"lmbda={self.lmbda!r} must be a number in [0, 1]: the share of steps trained on the student's own "
                 "samples (0 = off-policy, 1 = fully on-policy, 0.5 = GKD's mix)."
+            )
+        if self.lmbda_schedule not in LMBDA_SCHEDULES:
+            raise ValueError(
+                f"Unknown lmbda_schedule {self.lmbda_schedule!r}. Valid choices: {', '.join(LMBDA_SCHEDULES)}."
+            )
+        if (
+            isinstance(self.lmbda_steps, bool)
+            or not isinstance(self.lmbda_steps, int)
+            or self.lmbda_steps < 0
+        ):
+            raise ValueError(
+                f"lmbda_steps={self.lmbda_steps!r} must be an int >= 0: the optimizer steps of the linear ramp, "
+                "or the step at which lmbda_schedule='switch' turns on-policy training on."
             )
         if (
             isinstance(self.max_new_tokens, bool)

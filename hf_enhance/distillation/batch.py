@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from hf_enhance.distillation.sources.cache_batches import CACHE_BATCH_KEYS
-from hf_enhance.distillation.terms.on_policy import ON_POLICY_KEY, PROMPT_KEYS
+from hf_enhance.distillation.terms.on_policy import ON_POLICY_KEY
+from hf_enhance.distillation.terms.prompts import PROMPT_KEYS
 
 __all__ = ["HIDDEN_TOKENS_KEY", "DistillationBatch"]
 

@@ -10,8 +10,19 @@ the same held-out prompt/completion rows:
 - ``teacher_nll_of_own_answers``: each model samples answers to the held-out prompts (same seed and settings
   for both) and the teacher scores them: its mean NLL per generated token (lower = text the teacher finds more
   likely; the teacher's own answers give the reference);
+- ``entropy_of_own_answers`` and ``reverse_kl_of_own_answers``: per generated token of those answers, the model's
+  own entropy and KL(model ‖ teacher) over the full vocabulary (T = 1). At temperature 1 the teacher's NLL above
+  is, in expectation, their sum: a sharper student lowers it without coming closer to the teacher, while the
+  reverse KL measures only the distance (0 for the teacher);
+- ``draft_acceptance``: the student as a draft model for the teacher in greedy speculative decoding, on the first
+  ``draft_rows`` rows: the share of the teacher's greedy answer tokens the student predicts greedily from the same
+  prefix (the per-token acceptance rate); ``assisted``: the teacher's greedy generation on those rows alone and
+  with ``assistant_model=student``, timed, and whether the two outputs are identical (they must be);
 - ``parameters``, ``answer_length`` (mean generated tokens per answer) and ``tokens_per_second`` (generated
   tokens over generation wall time, same batches for both).
+
+Answers stop at any of the run's stop ids (`stop_token_ids`: both models' generation-config EOS ids, the
+tokenizer's EOS and the chat template's end of turn).
 """
 
 from __future__ import annotations
@@ -27,12 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hf_enhance.distillation.terms.on_policy import (
-    PromptCompletionCollator,
-    completion_batch,
-    generation_mode,
-    sample_completions,
-)
+from hf_enhance.distillation.terms.on_policy import generation_mode, sample_completions
+from hf_enhance.distillation.terms.prompts import PromptCompletionCollator, completion_batch, stop_token_ids
 from hf_enhance.files import write_json_atomically
 
 __all__ = ["ModelReport", "TeacherStudentReport", "teacher_student_report"]
@@ -48,6 +55,8 @@ class ModelReport:
     parameters: int
     perplexity: float
     teacher_nll_of_own_answers: float
+    entropy_of_own_answers: float
+    reverse_kl_of_own_answers: float
     answer_length: float
     tokens_per_second: float
 
@@ -59,6 +68,8 @@ class TeacherStudentReport:
     teacher: ModelReport
     student: ModelReport
     top1_agreement: float
+    draft_acceptance: float | None
+    assisted: dict[str, Any]
     held_out_rows: int
     completion_tokens: int
     settings: dict[str, Any] = field(default_factory=dict)
@@ -80,6 +91,7 @@ class TeacherStudentReport:
         panels = (
             ("perplexity", "held-out perplexity"),
             ("teacher_nll_of_own_answers", "teacher NLL of own answers\n(nats/token)"),
+            ("reverse_kl_of_own_answers", "KL(model || teacher)\non own answers (nats/token)"),
             ("tokens_per_second", "generated tokens / s"),
         )
         figure, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0))
@@ -90,7 +102,8 @@ class TeacherStudentReport:
             axis.set_title(title, fontsize=9)
         ratio = self.student.parameters / self.teacher.parameters
         figure.suptitle(
-            f"student {ratio:.2f}x the teacher's parameters, top-1 agreement {self.top1_agreement:.1%}",
+            f"student {ratio:.2f}x the teacher's parameters, top-1 agreement {self.top1_agreement:.1%}"
+            + ("" if self.draft_acceptance is None else f", draft acceptance {self.draft_acceptance:.1%}"),
             fontsize=10,
         )
         figure.tight_layout()
@@ -110,6 +123,7 @@ def teacher_student_report(
     top_p: float = 1.0,
     batch_size: int = 8,
     seed: int = 1234,
+    draft_rows: int = 8,
     output_dir: str | Path | None = None,
 ) -> TeacherStudentReport:
     """Compare ``student`` with ``teacher`` on held-out prompt/completion ``rows``; optionally save JSON + plot.
@@ -122,6 +136,8 @@ def teacher_student_report(
         max_new_tokens, temperature, top_p: sampling of the answers (temperature 0: greedy), the same for both.
         batch_size: rows per forward / generate call.
         seed: seeds the sampling, so both models answer with the same random stream.
+        draft_rows: the first rows on which the student is measured as a draft model (acceptance rate, assisted
+            generation timed against the teacher alone), one at a time as assisted generation runs; 0 skips it.
         output_dir: when given, ``teacher_student_report.json`` and ``.png`` are written there.
     """
     rows = list(rows)
@@ -129,11 +145,17 @@ def teacher_student_report(
         raise ValueError(
             "rows is empty: the report needs held-out prompt/completion rows to compare the models on."
         )
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1: the length of each answer.")
+    _check_settings(max_new_tokens, temperature, top_p, batch_size, draft_rows)
     collator = PromptCompletionCollator(tokenizer)
     batches = [collator(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
-    settings = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "stop_ids": stop_token_ids(tokenizer, teacher, student),
+        "pad_token_id": collator.pad_token_id,
+    }
     with generation_mode(teacher), generation_mode(student):
         nll = {"teacher": 0.0, "student": 0.0}
         agree, tokens = 0, 0
@@ -159,17 +181,20 @@ def teacher_student_report(
             name: ModelReport(
                 parameters=sum(p.numel() for p in model.parameters()),
                 perplexity=math.exp(nll[name] / tokens),
-                **_answers(model, teacher, tokenizer, batches, collator.pad_token_id, settings),
+                **_answers(model, teacher, batches, settings),
             )
             for name, model in (("teacher", teacher), ("student", student))
         }
+        acceptance, assisted = _as_draft(teacher, student, batches, settings, draft_rows)
     report = TeacherStudentReport(
         teacher=sides["teacher"],
         student=sides["student"],
         top1_agreement=agree / tokens,
+        draft_acceptance=acceptance,
+        assisted=assisted,
         held_out_rows=len(rows),
         completion_tokens=tokens,
-        settings=settings,
+        settings={**settings, "draft_rows": draft_rows},
     )
     if output_dir is not None:
         report.save(output_dir)
@@ -185,40 +210,123 @@ def _logits(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor
     return model(**{key: batch[key].to(device) for key in _SCORED_KEYS}).logits.float()
 
 
+def _check_settings(
+    max_new_tokens: int, temperature: float, top_p: float, batch_size: int, draft_rows: int
+) -> None:
+    for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1),
+                             ("draft_rows", draft_rows, 0)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}={value!r} must be an int >= {low}.")
+    if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy answers).")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 = no nucleus filter).")
+
+
+def _generate(
+    model: nn.Module, batch: Mapping[str, torch.Tensor], settings: dict[str, Any], temperature: float
+) -> torch.Tensor:
+    return sample_completions(
+        model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
+        max_new_tokens=settings["max_new_tokens"], temperature=temperature, top_p=settings["top_p"], top_k=0,
+        pad_token_id=settings["pad_token_id"], eos_token_id=settings["stop_ids"],
+    )  # fmt: skip
+
+
+def _scored(batch: Mapping[str, torch.Tensor], completion: torch.Tensor, settings: dict[str, Any]) -> dict:
+    return completion_batch(batch["prompt_input_ids"], batch["prompt_attention_mask"], completion,
+                            torch.ones_like(completion), settings["stop_ids"], settings["pad_token_id"])  # fmt: skip
+
+
 def _answers(
     model: nn.Module,
     teacher: nn.Module,
-    tokenizer: Any,
     batches: list[dict[str, torch.Tensor]],
-    pad_token_id: int,
     settings: dict[str, Any],
 ) -> dict[str, float]:
-    """``model`` answers every batch's prompts; the teacher's mean NLL per generated token, length and speed."""
-    nll, generated, answers, seconds = 0.0, 0, 0, 0.0
+    """``model`` answers every batch's prompts; per generated token: the teacher's NLL, the model's entropy and
+    KL(model ‖ teacher); the answers' length and the generation speed."""
+    nll, entropy, reverse_kl, generated, answers, seconds = 0.0, 0.0, 0.0, 0, 0, 0.0
     with torch.random.fork_rng():  # the caller's random state is left as it was
         torch.manual_seed(settings["seed"])
         outputs = []
         for batch in batches:
             began = time.perf_counter()
-            completion = sample_completions(
-                model, batch["prompt_input_ids"], batch["prompt_attention_mask"],
-                max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"],
-                top_p=settings["top_p"], top_k=0, pad_token_id=pad_token_id, eos_token_id=tokenizer.eos_token_id,
-            )  # fmt: skip
-            outputs.append(completion)
+            outputs.append(_generate(model, batch, settings, settings["temperature"]))
             seconds += time.perf_counter() - began
     for batch, completion in zip(batches, outputs, strict=True):
-        prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
-        scored = completion_batch(prompt_ids, prompt_mask, completion, torch.ones_like(completion),
-                                  tokenizer.eos_token_id, pad_token_id)  # fmt: skip
+        scored = _scored(batch, completion, settings)
         labels = scored["labels"][:, 1:]
         mask = labels != -100
-        logits = _logits(teacher, scored)[:, :-1]
-        nll += F.cross_entropy(logits[mask], labels[mask].to(logits.device), reduction="sum").item()
+        teacher_logits = _logits(teacher, scored)[:, :-1][mask]
+        own = teacher_logits if model is teacher else _logits(model, scored)[:, :-1][mask]
+        columns = min(own.shape[-1], teacher_logits.shape[-1])
+        own_log_probs = F.log_softmax(own[:, :columns], dim=-1)
+        teacher_log_probs = F.log_softmax(teacher_logits[:, :columns].to(own.device), dim=-1)
+        nll += F.cross_entropy(teacher_logits, labels[mask].to(teacher_logits.device), reduction="sum").item()
+        entropy += torch.special.entr(own_log_probs.exp()).sum().item()
+        reverse_kl += F.kl_div(teacher_log_probs, own_log_probs, log_target=True, reduction="sum").item()
         generated += int(mask.sum())
         answers += len(completion)
+    per_token = max(generated, 1)
     return {
-        "teacher_nll_of_own_answers": nll / max(generated, 1),
+        "teacher_nll_of_own_answers": nll / per_token,
+        "entropy_of_own_answers": entropy / per_token,
+        "reverse_kl_of_own_answers": reverse_kl / per_token,
         "answer_length": generated / answers,
         "tokens_per_second": generated / max(seconds, 1e-9),
     }
+
+
+def _as_draft(
+    teacher: nn.Module,
+    student: nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    settings: dict[str, Any],
+    rows: int,
+) -> tuple[float | None, dict[str, Any]]:
+    """The student as a draft model for the teacher on the first ``rows`` prompts, one at a time (as assisted
+    generation runs): the share of the teacher's greedy answer tokens the student predicts greedily from the same
+    prefix (the per-token acceptance rate of greedy speculative decoding), and the teacher's greedy generation
+    alone and with ``assistant_model=student``: seconds of each, the speed-up, whether the outputs are the same."""
+    prompts = [
+        ids[mask.bool()]
+        for batch in batches
+        for ids, mask in zip(batch["prompt_input_ids"], batch["prompt_attention_mask"], strict=True)
+    ][:rows]
+    seconds = {"teacher": 0.0, "assisted": 0.0}
+    accepted, tokens, identical = 0, 0, True
+    device = _device(teacher)
+    stops = torch.tensor(settings["stop_ids"])
+    common = {"max_new_tokens": settings["max_new_tokens"], "do_sample": False,
+              "eos_token_id": settings["stop_ids"], "pad_token_id": settings["pad_token_id"]}  # fmt: skip
+    for prompt in prompts:
+        ids = prompt[None].to(device)
+        outputs = {}
+        for name, extra in (("teacher", {}), ("assisted", {"assistant_model": student})):
+            began = time.perf_counter()
+            outputs[name] = teacher.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), **common, **extra
+            )
+            seconds[name] += time.perf_counter() - began
+        identical = identical and torch.equal(outputs["teacher"], outputs["assisted"])
+        answer = outputs["teacher"][0, ids.shape[1] :].cpu()
+        stopped = torch.isin(answer, stops).nonzero()
+        answer = answer[: int(stopped[0]) + 1] if len(stopped) else answer
+        if len(answer):
+            full = torch.cat([prompt.cpu(), answer])[None]
+            positions = torch.arange(full.shape[1])[None]
+            drafts = _logits(
+                student,
+                {"input_ids": full, "attention_mask": torch.ones_like(full), "position_ids": positions},
+            )
+            accepted += int((drafts[0, len(prompt) - 1 : -1].argmax(-1).cpu() == answer).sum())
+            tokens += len(answer)
+    assisted = {
+        "rows": len(prompts),
+        "teacher_seconds": seconds["teacher"],
+        "assisted_seconds": seconds["assisted"],
+        "speedup": seconds["teacher"] / seconds["assisted"] if prompts else None,
+        "identical_output": identical if prompts else None,
+    }
+    return (accepted / tokens if tokens else None), assisted

@@ -10,7 +10,6 @@ terms. One training step reads, in `compute_loss`: split the batch → settings 
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import nullcontext
 from typing import Any
 
@@ -21,6 +20,12 @@ from torch import nn
 from hf_enhance.distillation.alignment import OutputAlignment
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
 from hf_enhance.distillation.batch import HIDDEN_TOKENS_KEY, DistillationBatch
+from hf_enhance.distillation.inputs import (
+    CacheArgument,
+    KeepSpecialTokens,
+    check_trainer_inputs,
+    with_default_collator,
+)
 from hf_enhance.distillation.logs import ComponentLog
 from hf_enhance.distillation.placement import choose_placement
 from hf_enhance.distillation.placement.heads import hidden_states_match_logits
@@ -29,9 +34,7 @@ from hf_enhance.distillation.sources.cache_batches import (
     check_cache_matches_teacher,
     join_teacher_caches,
 )
-from hf_enhance.distillation.sources.lm_cache import TeacherLogitCache
 from hf_enhance.distillation.teacher import (
-    check_teacher,
     detect_task,
     freeze,
     load_teacher,
@@ -40,7 +43,8 @@ from hf_enhance.distillation.teacher import (
 )
 from hf_enhance.distillation.terms.hidden_states import HIDDEN_PROJECTIONS_NAME as HIDDEN_PROJECTIONS_NAME
 from hf_enhance.distillation.terms.hidden_states import HiddenStateTerm
-from hf_enhance.distillation.terms.on_policy import TEXT_COLUMNS, OnPolicySampler
+from hf_enhance.distillation.terms.on_policy import OnPolicySampler
+from hf_enhance.distillation.terms.prompts import TEXT_COLUMNS
 from hf_enhance.distillation.weights import StepWeights
 from hf_enhance.modeling import logits_of, unwrap
 from hf_enhance.objectives.fused import MAX_CHUNK_SIZE, default_chunk_size
@@ -50,44 +54,6 @@ from hf_enhance.objectives.sparse import sparse_distillation_loss
 from hf_enhance.training import EnhancedTrainer
 
 logger = logging.getLogger(__name__)
-
-CacheArgument = TeacherLogitCache | str | os.PathLike[str]
-
-
-def _check_arguments(
-    model: nn.Module | None,
-    teacher_model: nn.Module | str | None,
-    args: Any,
-    teacher_cache: CacheArgument | None,
-) -> None:
-    """Refuse what cannot be distilled before any work: what is wrong, why, and the fix."""
-    if not isinstance(args, DistillationTrainingArguments):
-        raise TypeError(
-            f"args is a {type(args).__name__}, but DistillationTrainer needs DistillationTrainingArguments "
-            "(it carries alpha, temperature and the divergence). Build one with the same fields: "
-            "DistillationTrainingArguments(**your_args.to_dict()) or pass the distillation fields to it."
-        )
-    if model is None or (teacher_model is None and teacher_cache is None):
-        raise ValueError(
-            "DistillationTrainer needs model= (the student) and a teacher: teacher_model= (a model or a "
-            "name/path, run online), teacher_cache= (built once by cache_teacher_logits), or both (batches "
-            "with cache entries read the cache; generated and uncached ones run the live teacher)."
-        )
-    if teacher_model is model:
-        raise ValueError(
-            "teacher_model is the same object as model. The teacher must be a separate, frozen network: "
-            "training the student would change the teacher too. Load or copy the teacher separately "
-            "(e.g. copy.deepcopy(model) before training)."
-        )
-    if teacher_model is not None:
-        check_teacher(teacher_model, model)
-    if teacher_cache is not None and args.hidden_weight > 0:
-        raise ValueError(
-            f"hidden_weight={args.hidden_weight} compares the student's block outputs with the teacher's, but "
-            "teacher_cache= holds only the teacher's top-k log-probabilities, no hidden states. Pass the "
-            "teacher as teacher_model= alone (run online) for hidden-state distillation, or set "
-            "hidden_weight=0."
-        )
 
 
 class DistillationTrainer(EnhancedTrainer):
@@ -130,7 +96,8 @@ class DistillationTrainer(EnhancedTrainer):
         **kwargs: Any,
     ) -> None:
         args = DistillationTrainingArguments(output_dir="trainer_output") if args is None else args
-        _check_arguments(model, teacher_model, args, teacher_cache)
+        check_trainer_inputs(model, teacher_model, args, teacher_cache)
+        with_default_collator(kwargs)
         task = args.distillation_task if args.distillation_task != "auto" else detect_task(model)
         teacher, teacher_size = None, None
         if teacher_cache is not None:
@@ -154,7 +121,7 @@ class DistillationTrainer(EnhancedTrainer):
             if teacher_cache is not None and teacher_size is not None:
                 check_cache_matches_teacher(cache.vocab_size, teacher_size, kwargs.get("processing_class"))
         super().__init__(model=model, args=args, **kwargs)
-
+        self.add_callback(KeepSpecialTokens(model))
         self.placement = choose_placement(
             teacher, self.accelerator, fsdp=self.is_fsdp_enabled, deepspeed=self.is_deepspeed_enabled
         )
@@ -181,6 +148,7 @@ class DistillationTrainer(EnhancedTrainer):
         if args.lmbda > 0 or args.seq_kd:
             self.on_policy = OnPolicySampler(
                 args,
+                model,
                 self.teacher_model,
                 self.processing_class,
                 task,

@@ -82,13 +82,53 @@ def test_the_report_is_saved_as_json_and_a_plot(tokenizer: PreTrainedTokenizerFa
     saved = json.loads((tmp_path / "teacher_student_report.json").read_text())
     assert saved == json.loads(json.dumps(report.to_dict()))
     assert set(saved["student"]) == {"parameters", "perplexity", "teacher_nll_of_own_answers", "answer_length",
-                                     "tokens_per_second"}  # fmt: skip
+                                     "tokens_per_second", "entropy_of_own_answers",
+                                     "reverse_kl_of_own_answers"}  # fmt: skip
     assert (tmp_path / "teacher_student_report.png").stat().st_size > 1000
+
+
+def test_entropy_reverse_kl_and_draft_acceptance_are_exact(tokenizer: PreTrainedTokenizerFast) -> None:
+    """Greedy answers of one row, recomputed by hand: the model's entropy and KL(model || teacher) per token on its
+    own answer, and the share of the teacher's greedy tokens the student predicts greedily."""
+    teacher, student = gpt2(tokenizer, 1), gpt2(tokenizer, 2)
+    rows = Dataset.from_dict({"prompt": ["The sea is"], "completion": [" blue"]})
+    report = teacher_student_report(teacher, student, tokenizer, rows, max_new_tokens=5, temperature=0.0,
+                                    draft_rows=1)  # fmt: skip
+    prompt = tokenizer("The sea is")["input_ids"]
+    eos = tokenizer.eos_token_id
+
+    def greedy(model: torch.nn.Module) -> list[int]:
+        answer = model.generate(torch.tensor([prompt]), max_new_tokens=5, do_sample=False, pad_token_id=eos,
+                                eos_token_id=eos)[0, len(prompt):].tolist()  # fmt: skip
+        return answer[: answer.index(eos) + 1] if eos in answer else answer
+
+    def distributions(model: torch.nn.Module, answer: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + answer])).logits[0, len(prompt) - 1 : -1]
+        return torch.log_softmax(logits.double(), -1)
+
+    answer = greedy(student)
+    own, graded = distributions(student, answer), distributions(teacher, answer)
+    entropy = -(own.exp() * own).sum(-1).mean().item()
+    reverse_kl = (own.exp() * (own - graded)).sum(-1).mean().item()
+    assert report.student.entropy_of_own_answers == pytest.approx(entropy, rel=1e-4)
+    assert report.student.reverse_kl_of_own_answers == pytest.approx(reverse_kl, rel=1e-4)
+    assert report.teacher.reverse_kl_of_own_answers == 0.0
+    teacher_answer = greedy(teacher)
+    drafts = distributions(student, teacher_answer).argmax(-1).tolist()
+    accepted = sum(d == t for d, t in zip(drafts, teacher_answer, strict=True)) / len(teacher_answer)
+    assert report.draft_acceptance == pytest.approx(accepted)
+    assert report.assisted["rows"] == 1 and report.assisted["identical_output"] is True
+    assert report.assisted["speedup"] > 0
 
 
 @pytest.mark.parametrize(("rows", "fields", "message"), [
     ([], {}, "rows is empty"),
     (None, {"max_new_tokens": 0}, "max_new_tokens=0 must be an int >= 1"),
+    (None, {"temperature": -1.0}, "temperature=-1.0 must be a finite number >= 0"),
+    (None, {"temperature": float("nan")}, "temperature=nan must be a finite number >= 0"),
+    (None, {"top_p": 0.0}, r"top_p=0.0 must be in \(0, 1\]"),
+    (None, {"draft_rows": -1}, "draft_rows=-1 must be an int >= 0"),
     ([{"text": "no prompt"}], {}, "neither 'prompt' and 'completion' nor 'messages'"),
 ])  # fmt: skip
 def test_bad_input_is_refused_before_any_work(
