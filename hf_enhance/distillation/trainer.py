@@ -34,6 +34,7 @@ from hf_enhance.distillation.sources.cache_batches import (
     check_cache_matches_teacher,
     join_teacher_caches,
 )
+from hf_enhance.distillation.sources.lm_cache import check_same_teacher
 from hf_enhance.distillation.teacher import (
     detect_task,
     freeze,
@@ -118,8 +119,12 @@ class DistillationTrainer(EnhancedTrainer):
                 load_teacher(teacher_model, model, task or "causal_lm", args.teacher_model_init_kwargs)
             )
             teacher_size = output_size(teacher, task)
-            if teacher_cache is not None and teacher_size is not None:
-                check_cache_matches_teacher(cache.vocab_size, teacher_size, kwargs.get("processing_class"))
+            if teacher_cache is not None:
+                if teacher_size is not None:
+                    check_cache_matches_teacher(
+                        cache.vocab_size, teacher_size, kwargs.get("processing_class")
+                    )
+                check_same_teacher(cache, teacher)
         super().__init__(model=model, args=args, **kwargs)
         self.add_callback(KeepSpecialTokens(model))
         self.placement = choose_placement(

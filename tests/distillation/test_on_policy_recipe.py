@@ -104,3 +104,24 @@ def test_prompt_rows_without_completions_are_not_taken_for_text(tokenizer, tmp_p
     trainer = DistillationTrainer(model=gpt2(tokenizer, 0), teacher_model=gpt2(tokenizer, 1),
                                   args=distillation_args(tmp_path), train_dataset=rows, processing_class=tokenizer)  # fmt: skip
     assert trainer.data_collator.__class__.__name__ != "PromptCompletionCollator"
+
+
+@pytest.mark.parametrize("fields", [{"lmbda": 0.5}, {"lmbda": 1.0, "gradient_accumulation_steps": 2},
+                                    {"seq_kd": True}])  # fmt: skip
+def test_resuming_mid_epoch_with_sampled_completions_equals_the_straight_run(
+    tokenizer, tmp_path: Path, fields: dict
+) -> None:
+    """Completions are sampled before Trainer restores a checkpoint's random state; each step's sampling draws
+    from its own seed (run seed, step, micro-batch, process), so a resume samples what the straight run did."""
+    settings = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "load_best_model_at_end": False,
+                "max_new_tokens": 4, "generation_temperature": 1.0, **fields}  # fmt: skip
+
+    def trainer(folder: str) -> DistillationTrainer:
+        return _trainer(tokenizer, tmp_path / folder, **settings)
+
+    straight = trainer("straight")
+    straight.train()
+    resumed = trainer("resumed")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "out" / "checkpoint-2"))
+    for name, value in straight.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)

@@ -7,31 +7,23 @@ atomically, so an interrupted run resumes from the last finished shard. `with_te
 the training rows (checking that they are the same token sequences) and `TeacherCacheCollator` pads the entries
 into ``[batch, length, k]`` tensors next to the usual batch, ready for `sparse_distillation_loss`.
 
-Layout of the cache dataset (one row per input row, one entry per attended position, in position order):
-
-- ``teacher_topk_ids``: ``[positions][k]`` uint16 when the vocabulary has at most 65536 ids, else int32.
-- ``teacher_topk_logprobs``: ``[positions][k]`` float16 by default (``logprob_dtype``), sorted descending.
-- ``teacher_residual_logprob``: ``[positions]`` float32, ``log(1 − sum of the k probabilities)`` computed
-  exactly (``logsumexp`` over the other ids); ``-inf`` when k equals the vocabulary size.
-- ``input_ids_hash``: int64 digest of the row's attended token ids, used to check alignment when joining.
+The cache records its teacher (`teacher_fingerprint`: class, config, weights, dtype): rerunning, resuming or
+training next to a live teacher with another teacher is refused with what differs. The shards' layout is in
+`hf_enhance.distillation.sources.cache_files`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 from datasets import Dataset, concatenate_datasets
 from torch import nn
 from tqdm.auto import tqdm
@@ -41,9 +33,19 @@ from hf_enhance.distillation.sources.cache_batches import (
     TEACHER_CACHE_COLUMNS,
     TeacherCacheCollator,
 )
+from hf_enhance.distillation.sources.cache_files import (
+    HASH_COLUMN,
+    check_shard_matches,
+    open_shard,
+    recorded_vocab_size,
+    row_hashes,
+    shard_path,
+    teacher_shard,
+    write_atomically,
+)
+from hf_enhance.distillation.sources.fingerprint import fingerprint_differences, teacher_fingerprint
 from hf_enhance.distillation.teacher import output_size
 from hf_enhance.files import write_json_atomically
-from hf_enhance.modeling import logits_of
 
 __all__ = [
     "CACHE_BATCH_KEYS",
@@ -57,11 +59,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-HASH_COLUMN = "input_ids_hash"
 METADATA_FILE = "teacher_cache.json"
 LOGPROB_DTYPES: tuple[str, ...] = ("float16", "float32")
 _FORMAT_VERSION = 1
-_SCHEMA_KEY = b"hf_enhance.teacher_cache"
 
 
 @dataclass
@@ -74,6 +74,8 @@ class TeacherLogitCache:
     num_tokens: int
     bytes_per_token: float
     output_dir: str
+    teacher: dict[str, Any] | None = None
+    """The fingerprint of the teacher that built it (`teacher_fingerprint`); None for a cache from before 0.2."""
 
 
 def cache_teacher_logits(
@@ -123,6 +125,7 @@ def cache_teacher_logits(
         "num_rows": len(dataset),
         "vocab_size": vocab_size,
         "logprob_dtype": logprob_dtype,
+        "teacher": teacher_fingerprint(teacher),
     }
     _start_or_resume(output, settings)
     num_shards = math.ceil(len(dataset) / shard_size)
@@ -136,15 +139,17 @@ def cache_teacher_logits(
             rows = dataset.select_columns(columns).select(
                 range(shard * shard_size, min((shard + 1) * shard_size, len(dataset)))
             )
-            path = _shard_path(output, shard)
+            path = shard_path(output, shard)
+            if path.exists() and _damaged(path):
+                path.unlink()
             if path.exists():
-                _check_shard_matches(path, rows)
+                check_shard_matches(path, rows)
                 progress.update(len(rows))
             else:
-                table = _teacher_shard(
+                table = teacher_shard(
                     teacher, rows, device, top_k, batch_size, vocab_size, logprob_dtype, progress.update
                 )
-                _write_atomically(path, table)
+                write_atomically(path, table)
     finally:
         progress.close()
         teacher.train(was_training)
@@ -170,29 +175,62 @@ def load_teacher_cache(output_dir: str | os.PathLike[str]) -> TeacherLogitCache:
     settings = _read_metadata(metadata_path)
     if settings is None:
         raise ValueError(
-            f"{metadata_path} is damaged (not complete JSON): writing it was interrupted. Rerun "
+            f"{metadata_path} is damaged (not a complete settings record): writing it was interrupted or it was overwritten. Rerun "
             "cache_teacher_logits with the same arguments: it rebuilds a damaged cache."
         )
     num_shards = math.ceil(settings["num_rows"] / settings["shard_size"])
-    paths = [_shard_path(output, shard) for shard in range(num_shards)]
+    paths = [shard_path(output, shard) for shard in range(num_shards)]
     missing = [path.name for path in paths if not path.exists()]
     if missing:
         raise ValueError(
             f"The teacher cache in {output} is incomplete: {len(missing)} of {num_shards} shards are missing "
             f"(first: {missing[0]}). Rerun cache_teacher_logits with the same arguments to finish it."
         )
-    dataset = concatenate_datasets([Dataset.from_file(str(path)) for path in paths])
+    dataset = concatenate_datasets([open_shard(path) for path in paths])
     lengths = pc.list_value_length(dataset.data.column("teacher_residual_logprob"))
     num_tokens = int(pc.sum(lengths).as_py() or 0)
     size = sum(path.stat().st_size for path in paths)
     return TeacherLogitCache(
         dataset=dataset,
         top_k=settings["top_k"],
-        vocab_size=_recorded_vocab_size(paths[0]),
+        vocab_size=recorded_vocab_size(paths[0]),
         num_tokens=num_tokens,
         bytes_per_token=size / max(num_tokens, 1),
         output_dir=str(output),
+        teacher=settings.get("teacher"),
     )
+
+
+def check_same_teacher(cache: TeacherLogitCache, teacher: nn.Module) -> None:
+    """Refuse a live teacher other than the one that built ``cache`` (they would grade one run two ways)."""
+    if cache.teacher is None:
+        logger.warning(
+            "The teacher cache in %s records no teacher (built before teacher fingerprints): it cannot be checked "
+            "against the live teacher_model. Rebuild it with cache_teacher_logits to have it checked.",
+            cache.output_dir,
+        )
+        return
+    current = teacher_fingerprint(teacher)
+    differences = fingerprint_differences(cache.teacher, current)
+    if differences:
+        recorded = cache.teacher
+        raise ValueError(
+            f"The teacher cache in {cache.output_dir} was built by another teacher than teacher_model: they differ "
+            f"in {', '.join(differences)} (cache: {recorded['class']}, {recorded['dtype']}; teacher_model: "
+            f"{current['class']}, {current['dtype']}). Off-policy steps would be graded "
+            "by one teacher and generated ones by the other. Pass the teacher that built the cache (as it was: "
+            "same weights, same dtype), or rebuild the cache with cache_teacher_logits(teacher_model, ...)."
+        )
+
+
+def _damaged(path: Path) -> bool:
+    """A shard that cannot be read (a kill or another program cut it short): logged, to be rebuilt."""
+    try:
+        open_shard(path)
+    except ValueError as error:
+        logger.warning("%s Rebuilding it.", error)
+        return True
+    return False
 
 
 def with_teacher_cache(train_dataset: Dataset, cache: TeacherLogitCache | str | os.PathLike[str]) -> Dataset:
@@ -219,7 +257,7 @@ def with_teacher_cache(train_dataset: Dataset, cache: TeacherLogitCache | str | 
     expected = cache.dataset.data.column(HASH_COLUMN).to_numpy()
     start = 0
     for batch in train_dataset.select_columns(columns).iter(batch_size=1024):
-        hashes = _row_hashes(batch["input_ids"], batch.get("attention_mask"))
+        hashes = row_hashes(batch["input_ids"], batch.get("attention_mask"))
         mismatch = np.flatnonzero(hashes != expected[start : start + len(hashes)])
         if mismatch.size:
             raise ValueError(
@@ -280,6 +318,21 @@ def _start_or_resume(output: Path, settings: dict[str, Any]) -> None:
             stale.unlink()
     if metadata_path.exists():
         stored = _read_metadata(metadata_path) or {}
+        recorded = stored.get("teacher")
+        if recorded != settings["teacher"]:
+            what = (
+                "records no teacher (built before 0.2)"
+                if recorded is None
+                else (
+                    f"was built by another teacher (they differ in "
+                    f"{', '.join(fingerprint_differences(recorded, settings['teacher']))})"
+                )
+            )
+            raise ValueError(
+                f"{output} holds a teacher cache that {what}: its entries are not this teacher's outputs, so they "
+                "can be neither reused nor completed. Use another output_dir, delete this one, or pass the teacher "
+                "that built it."
+            )
         changed = {
             key: (stored.get(key), value) for key, value in settings.items() if stored.get(key) != value
         }
@@ -300,135 +353,11 @@ def _start_or_resume(output: Path, settings: dict[str, Any]) -> None:
 
 
 def _read_metadata(path: Path) -> dict[str, Any] | None:
-    """The cache's settings, or None when the file is damaged (cut short by a kill before writes were atomic)."""
+    """The cache's settings, or None when the file is damaged (cut short by a kill before writes were atomic, or
+    emptied)."""
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
         return None
-    return settings if isinstance(settings, dict) else None
-
-
-def _shard_path(output: Path, shard: int) -> Path:
-    return output / f"shard-{shard:05d}.arrow"
-
-
-def _write_atomically(path: Path, table: pa.Table) -> None:
-    """Arrow IPC stream (the format `Dataset.from_file` maps), renamed into place once complete."""
-    partial = path.with_suffix(".arrow.partial")
-    with pa.OSFile(str(partial), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(partial, path)
-
-
-def _check_shard_matches(path: Path, rows: Dataset) -> None:
-    stored = Dataset.from_file(str(path)).data.column(HASH_COLUMN).to_numpy()
-    hashes = _row_hashes(
-        rows["input_ids"], rows["attention_mask"] if "attention_mask" in rows.column_names else None
-    )
-    if len(stored) != len(hashes) or not np.array_equal(stored, hashes):
-        raise ValueError(
-            f"The finished shard {path} was built from other rows than this data set holds at those indices. The "
-            "directory belongs to another data set: use a new output_dir, or delete this one to rebuild."
-        )
-
-
-def _row_hashes(input_ids: Iterable[Any], attention_mask: Iterable[Any] | None) -> np.ndarray:
-    """int64 digest of each row's attended token ids."""
-    masks = attention_mask if attention_mask is not None else [None] * len(input_ids)  # type: ignore[arg-type]
-    digests = []
-    for ids, mask in zip(input_ids, masks, strict=True):
-        tokens = np.asarray(ids, dtype=np.int64)
-        if mask is not None:
-            tokens = tokens[np.asarray(mask, dtype=bool)]
-        digest = hashlib.blake2b(tokens.tobytes(), digest_size=8).digest()
-        digests.append(int.from_bytes(digest, "little", signed=True))
-    return np.asarray(digests, dtype=np.int64)
-
-
-@torch.inference_mode()
-def _teacher_shard(
-    teacher: nn.Module,
-    rows: Dataset,
-    device: torch.device,
-    top_k: int,
-    batch_size: int,
-    vocab_size: int | None,
-    logprob_dtype: str,
-    on_rows: Callable[[int], Any],
-) -> pa.Table:
-    """Teacher top-k entries for every attended position of ``rows``, as one Arrow table in row order."""
-    input_ids = [np.asarray(ids, dtype=np.int64) for ids in rows["input_ids"]]
-    if "attention_mask" in rows.column_names:
-        masks = [np.asarray(mask, dtype=bool) for mask in rows["attention_mask"]]
-    else:
-        masks = [np.ones(len(ids), dtype=bool) for ids in input_ids]
-    for index, (ids, mask) in enumerate(zip(input_ids, masks, strict=True)):
-        if ids.shape != mask.shape:
-            raise ValueError(
-                f"Row {index} has {len(ids)} input_ids but an attention_mask of {len(mask)}: they must align."
-            )
-    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [None] * len(input_ids)  # type: ignore[list-item]
-    order = sorted(range(len(input_ids)), key=lambda i: -len(input_ids[i]))
-    for start in range(0, len(order), batch_size):
-        batch_rows = order[start : start + batch_size]
-        width = max(1, max(len(input_ids[i]) for i in batch_rows))
-        ids = torch.zeros(len(batch_rows), width, dtype=torch.long)
-        mask = torch.zeros(len(batch_rows), width, dtype=torch.long)
-        for slot, row in enumerate(batch_rows):
-            ids[slot, : len(input_ids[row])] = torch.from_numpy(input_ids[row])
-            mask[slot, : len(masks[row])] = torch.from_numpy(masks[row].astype(np.int64))
-        logits = logits_of(teacher(input_ids=ids.to(device), attention_mask=mask.to(device)))
-        if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
-            raise ValueError(
-                f"The teacher returned logits of shape {tuple(logits.shape)} for input_ids {tuple(ids.shape)}; the "
-                "cache needs one distribution per position ([batch, length, V]), as a causal LM returns."
-            )
-        if vocab_size is not None and vocab_size > logits.shape[-1]:
-            raise ValueError(
-                f"vocab_size={vocab_size} exceeds the teacher's {logits.shape[-1]} logit columns; pass at most "
-                f"{logits.shape[-1]}."
-            )
-        logits = logits[..., :vocab_size]
-        if top_k > logits.shape[-1]:
-            raise ValueError(f"top_k={top_k} exceeds the teacher's vocabulary of {logits.shape[-1]} ids.")
-        for slot, row in enumerate(batch_rows):
-            log_probs = torch.log_softmax(logits[slot, mask[slot].bool().to(device)].float(), dim=-1)
-            values, indices = log_probs.topk(top_k, dim=-1)
-            residual = torch.logsumexp(log_probs.scatter(-1, indices, -math.inf), dim=-1)
-            results[row] = (indices.cpu().numpy(), values.cpu().numpy(), residual.cpu().numpy())
-        on_rows(len(batch_rows))
-    return _arrow_table(results, _row_hashes(input_ids, masks), logits.shape[-1], top_k, logprob_dtype)
-
-
-def _arrow_table(
-    results: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-    hashes: np.ndarray,
-    vocab_size: int,
-    top_k: int,
-    logprob_dtype: str,
-) -> pa.Table:
-    counts = np.array([len(residual) for _, _, residual in results], dtype=np.int64)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    ids_dtype = np.uint16 if vocab_size <= 2**16 else np.int32
-
-    def per_position(arrays: list[np.ndarray], dtype: Any) -> pa.Array:
-        flat = np.concatenate([a.reshape(-1) for a in arrays]).astype(dtype)
-        return pa.ListArray.from_arrays(offsets, pa.FixedSizeListArray.from_arrays(pa.array(flat), top_k))
-
-    residuals = np.concatenate([residual for _, _, residual in results]).astype(np.float32)
-    return pa.table(
-        {
-            "teacher_topk_ids": per_position([ids for ids, _, _ in results], ids_dtype),
-            "teacher_topk_logprobs": per_position([lp for _, lp, _ in results], np.dtype(logprob_dtype)),
-            "teacher_residual_logprob": pa.ListArray.from_arrays(offsets, pa.array(residuals)),
-            HASH_COLUMN: pa.array(hashes),
-        },
-        metadata={_SCHEMA_KEY: json.dumps({"vocab_size": vocab_size, "top_k": top_k})},
-    )
-
-
-def _recorded_vocab_size(path: Path) -> int:
-    """The teacher's vocabulary size, recorded in a shard's schema metadata."""
-    with pa.memory_map(str(path)) as source:
-        metadata = pa.ipc.open_stream(source).schema.metadata or {}
-    return int(json.loads(metadata[_SCHEMA_KEY])["vocab_size"])
+    required = ("format_version", "top_k", "shard_size", "num_rows")
+    return settings if isinstance(settings, dict) and all(key in settings for key in required) else None

@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import hf_enhance
+from hf_enhance.distillation.sources.fingerprint import tokenizer_digest, weights_digest
 from hf_enhance.files import write_json_atomically
 
 __all__ = ["generate_teacher_texts", "teacher_texts_cache_file"]
@@ -30,34 +31,6 @@ __all__ = ["generate_teacher_texts", "teacher_texts_cache_file"]
 logger = logging.getLogger(__name__)
 
 _CACHE_FORMAT = 2
-_SAMPLED_VALUES = 64  # per tensor, hashed exactly; a float64 sum covers every value
-
-
-def _weights_digest(model: nn.Module) -> str:
-    """A cheap fingerprint of ``model``'s weights: every tensor's name, shape and dtype, its float64 sum and the
-    exact bytes of evenly spaced values. Any retraining or reload of other weights changes it."""
-    digest = hashlib.sha256()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-            if tensor.is_meta or tensor.numel() == 0:
-                continue
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // _SAMPLED_VALUES)].cpu().contiguous()
-            digest.update(sample.view(torch.uint8).numpy().tobytes())
-            digest.update(repr(flat.sum(dtype=torch.float64).item()).encode())
-    return digest.hexdigest()
-
-
-def _tokenizer_digest(tokenizer: Any) -> str:
-    """The tokenizer's vocabulary, special tokens and chat template, hashed."""
-    parts = {
-        "class": type(tokenizer).__name__,
-        "vocab": sorted(tokenizer.get_vocab().items()),
-        "special": sorted(getattr(tokenizer, "all_special_tokens", [])),
-        "chat_template": getattr(tokenizer, "chat_template", None),
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _settings(
@@ -74,13 +47,13 @@ def _settings(
         "teacher": {
             "class": type(teacher).__name__,
             "model_name": str(getattr(config, "_name_or_path", "")),
-            "weights": _weights_digest(teacher),
+            "weights": weights_digest(teacher),
             "generation_config": generation_config.to_diff_dict() if generation_config is not None else None,
             "device": next(teacher.parameters()).device.type,
         },
         "tokenizer": {
             "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
-            "digest": _tokenizer_digest(tokenizer),
+            "digest": tokenizer_digest(tokenizer),
         },
         "prompts": list(prompts),
         "generation": generation,

@@ -17,15 +17,17 @@ from torch import nn
 
 from hf_enhance.modeling import repeated_blocks, unwrap
 from hf_enhance.objectives.hidden_states import uniform_layer_map
-from hf_enhance.students.record import RECORD_KEY, student_record
+from hf_enhance.students.record import RECORD_KEY, record_for_teacher
 
 
 def default_layer_map(student: nn.Module, teacher: nn.Module) -> list[int]:
-    """The teacher layers the student was built from (``config.hf_enhance_student["layers"]``), else uniform."""
-    kept = student_record(student).get("layers")
+    """The teacher layers the student was built from (``config.hf_enhance_student["layers"]``, the part that
+    describes this teacher), else uniform."""
+    teacher_layers = len(block_stack(teacher, "teacher"))
+    kept = (record_for_teacher(student, teacher_layers) or {}).get("layers")
     if kept is not None:
         return [int(layer) for layer in kept]
-    return uniform_layer_map(len(block_stack(student, "student")), len(block_stack(teacher, "teacher")))
+    return uniform_layer_map(len(block_stack(student, "student")), teacher_layers)
 
 
 def block_stack(model: nn.Module, role: str) -> nn.ModuleList:
@@ -90,7 +92,10 @@ def build_projections(student: nn.Module, teacher: nn.Module, num_layers: int) -
     projections = nn.ModuleList(
         nn.Linear(student_width, teacher_width, bias=False) for _ in range(num_layers)
     )
-    channels = student_record(student).get("hidden_channels")
+    record = record_for_teacher(student, len(block_stack(teacher, "teacher"))) or {}
+    channels = (
+        record.get("hidden_channels") if record.get("teacher_hidden_size") in (None, teacher_width) else None
+    )
     if channels is not None:
         scatter = _scatter_matrix([int(c) for c in channels], student_width, teacher_width)
         with torch.no_grad():

@@ -11,6 +11,7 @@ token count that normalises the step counts completion tokens only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import time
@@ -114,6 +115,17 @@ def sample_completions(
         else None,
     )
     return output[:, prompt_ids.shape[1] :].to(prompt_ids.device)
+
+
+@contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Within the block, torch's random stream (CPU and ``device``) starts from ``seed``; restored afterwards."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(seed)
+        yield
 
 
 class EntropyMeter(LogitsProcessor):
@@ -248,24 +260,35 @@ class OnPolicySampler:
             )
         generator = student if on_policy else self.teacher
         began = time.perf_counter()
-        batches = [self.generate(generator, batch, measure_entropy=on_policy) for batch in batches]
+        batches = [
+            self.generate(generator, batch, measure_entropy=on_policy, seed=self.sampling_seed(step, index))
+            for index, batch in enumerate(batches)
+        ]
         self._logs["seconds"].append(time.perf_counter() - began)
         self._logs["on_policy"].append(float(on_policy))
         for batch in batches:
             batch[ON_POLICY_KEY] = on_policy
         return batches
 
+    def sampling_seed(self, step: int, micro_batch: int) -> int:
+        """The seed of one micro-batch's sampling: from the run's seed, the optimizer step, the micro-batch and the
+        process, so a run resumed from any checkpoint samples what the straight run sampled."""
+        key = f"{self.args.seed}:{step}:{micro_batch}:{self.args.process_index}".encode()
+        return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
     def generate(
-        self, model: nn.Module, batch: dict[str, Any], measure_entropy: bool = False
+        self, model: nn.Module, batch: dict[str, Any], measure_entropy: bool = False, seed: int | None = None
     ) -> dict[str, Any]:
         """``batch`` with its completions replaced by ``model``'s samples (labels on the completions only, up to
         and with the first stop id). Logs their length, whether they stopped, and (``measure_entropy``) the
-        entropy ``model`` sampled them from."""
+        entropy ``model`` sampled them from. With ``seed``, sampling draws from that seed and leaves the global
+        random state as it was."""
         prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         pad_id = padding_id(self.tokenizer)
         args = self.args
         meter = EntropyMeter() if measure_entropy else None
-        with generation_mode(model), self.autocast():
+        device = next(model.parameters()).device
+        with generation_mode(model), self.autocast(), _seeded(seed, device):
             completion = sample_completions(
                 model, prompt_ids, prompt_mask, max_new_tokens=args.max_new_tokens,
                 temperature=args.generation_temperature, top_p=args.generation_top_p, top_k=args.generation_top_k,
