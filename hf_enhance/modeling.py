@@ -34,10 +34,12 @@ __all__ = [
     "TASK_MODEL_CLASSES",
     "ModelOrConfig",
     "ModuleSite",
+    "check_weights_present",
     "head_module_names",
     "is_deepspeed_engine",
     "linear_modules",
     "logits_of",
+    "max_positions",
     "meta_model",
     "model_type",
     "module_sites",
@@ -250,3 +252,29 @@ def logits_of(outputs: Any) -> torch.Tensor:
         f"Cannot find logits in a model output of type {type(outputs).__name__}. The student and teacher must "
         "return a logits tensor, a tuple starting with it, or an object with a `.logits` attribute."
     )
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the (unwrapped) model's config declares it takes (``max_position_embeddings`` or
+    GPT-2's ``n_positions``), or None when it declares none."""
+    config = getattr(unwrap(model), "config", None)
+    if config is None:
+        return None
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_weights_present(teacher: nn.Module) -> None:
+    """Refuse a teacher with parameters on the meta device: there is nothing to compute (or shard) with."""
+    on_meta = [name for name, p in teacher.named_parameters() if p.device.type == "meta"]
+    if on_meta:
+        raise ValueError(
+            f"The teacher has {len(on_meta)} parameter(s) on the meta device (first: {on_meta[0]}): they have no "
+            "values to compute with (a model built under init_empty_weights or loaded with device_map='meta'). "
+            "Load the teacher with its weights, e.g. from_pretrained(name) without an empty-weights context."
+        )

@@ -19,7 +19,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
 )
 
-from hf_enhance.modeling import unwrap
+from hf_enhance.modeling import check_weights_present, unwrap
 
 _TASK_AUTO_CLASSES = {
     "causal_lm": AutoModelForCausalLM,
@@ -59,17 +59,6 @@ def output_size(model: nn.Module, task: str | None) -> int | None:
     if task in ("classification", "token_classification") and config is not None:
         return int(config.num_labels)
     return None
-
-
-def check_weights_present(teacher: nn.Module) -> None:
-    """Refuse a teacher with parameters on the meta device: there is nothing to compute (or shard) with."""
-    on_meta = [name for name, p in teacher.named_parameters() if p.device.type == "meta"]
-    if on_meta:
-        raise ValueError(
-            f"The teacher has {len(on_meta)} parameter(s) on the meta device (first: {on_meta[0]}): they have no "
-            "values to compute with (a model built under init_empty_weights or loaded with device_map='meta'). "
-            "Load the teacher with its weights, e.g. from_pretrained(name) without an empty-weights context."
-        )
 
 
 def check_teacher(teacher: Any, student: nn.Module) -> None:

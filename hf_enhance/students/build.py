@@ -9,6 +9,7 @@ kept. What was kept is written to ``student.config.hf_enhance_student``, so it i
 from __future__ import annotations
 
 import copy
+import numbers
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from hf_enhance.modeling import repeated_blocks
+from hf_enhance.modeling import check_weights_present, max_positions, repeated_blocks
 from hf_enhance.students.calibration import Batches, CalibrationData, calibration_batches
 from hf_enhance.students.importance import (
     Importance,
@@ -58,6 +59,7 @@ def _describe(teacher: Any, width: bool) -> _Teacher:
             f"The teacher is a {type(teacher).__name__}{hint}; student_from_teacher builds a smaller model of the "
             "teacher's transformers class, so it needs a transformers PreTrainedModel."
         )
+    check_weights_present(teacher)
     config = teacher.config
     stacks = repeated_blocks(teacher)
     layers = getattr(config, "num_hidden_layers", None)
@@ -93,6 +95,22 @@ def _check_size(name: str, value: int | None, maximum: int) -> None:
         )
 
 
+def _layer_indices(layers: Sequence[int] | None) -> list[int] | None:
+    """``layers`` as a list of ints: a list, tuple, numpy array or tensor of integers (no bools, no floats)."""
+    if layers is None:
+        return None
+    values = layers.tolist() if hasattr(layers, "tolist") else list(layers)
+    if not isinstance(values, list):  # a 0-d array or tensor
+        values = [values]
+    wrong = [value for value in values if isinstance(value, bool) or not isinstance(value, numbers.Integral)]
+    if wrong:
+        raise ValueError(
+            f"layers holds {wrong[:5]}, which are not teacher layer indices: pass integers, e.g. layers=[0, 2, 5] "
+            "(a list, tuple, numpy array or tensor of ints; True/False are not indices)."
+        )
+    return [int(value) for value in values]
+
+
 def _check_request(
     teacher: _Teacher,
     layers: Sequence[int] | None,
@@ -108,10 +126,9 @@ def _check_request(
             "Pass layers=[...] (exactly these) or num_layers=N (chosen by layer_strategy), not both."
         )
     if layers is not None:
-        layers = list(layers)
         if not layers:
             raise ValueError("layers=[] keeps no layer; a student needs at least one.")
-        wrong = [index for index in layers if not isinstance(index, int) or not 0 <= index < depth]
+        wrong = [index for index in layers if not 0 <= index < depth]
         if wrong:
             raise ValueError(
                 f"layers has indices {wrong} outside the teacher's {depth} layers (0 to {depth - 1})."
@@ -346,6 +363,7 @@ def student_from_teacher(
     }
     width = any(value is not None for value in sizes.values())
     described = _describe(teacher, width)
+    layers = _layer_indices(layers)
     _check_request(
         described, layers, num_layers, layer_strategy, intermediate_size, num_attention_heads, hidden_size
     )
@@ -354,7 +372,9 @@ def student_from_teacher(
     batches = None
     if needs_data:
         vocab_size = getattr(teacher.config, "vocab_size", None)
-        batches = calibration_batches(calibration, teacher.device, calibration_batch_size, vocab_size)
+        batches = calibration_batches(
+            calibration, teacher.device, calibration_batch_size, vocab_size, max_positions(teacher)
+        )
     was_training = teacher.training
     teacher.eval()
     try:

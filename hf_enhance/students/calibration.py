@@ -35,6 +35,18 @@ class Batches:
         return len(self.batches)
 
 
+def _padded(rows: Mapping[str, list[Any]]) -> dict[str, torch.Tensor]:
+    """A batch of token rows of any lengths, right-padded, with the attention mask marking the real tokens."""
+    ids = [list(row) for row in rows["input_ids"]]
+    width = max((len(row) for row in ids), default=0)
+    masks = rows.get("attention_mask") or [[1] * len(row) for row in ids]
+    batch = {"attention_mask": torch.tensor([list(m) + [0] * (width - len(m)) for m in masks])}
+    for name in ("input_ids", "token_type_ids"):
+        if rows.get(name) is not None:
+            batch[name] = torch.tensor([list(r) + [0] * (width - len(r)) for r in rows[name]])
+    return batch
+
+
 def _rows(data: CalibrationData, batch_size: int) -> Iterable[Mapping[str, Any]]:
     if torch.is_tensor(data):
         if data.dim() != 2 or data.dtype not in (torch.int32, torch.int64):
@@ -50,7 +62,7 @@ def _rows(data: CalibrationData, batch_size: int) -> Iterable[Mapping[str, Any]]
                 "it first, e.g. dataset.map(lambda row: tokenizer(row['text']))."
             )
         columns = [name for name in _MODEL_INPUTS if name in data.column_names]
-        return data.with_format("torch", columns=columns).iter(batch_size=batch_size)
+        return (_padded(rows) for rows in data.select_columns(columns).iter(batch_size=batch_size))
     if isinstance(data, (str, bytes, Mapping)) or not isinstance(data, Iterable):
         raise TypeError(
             f"Calibration data of type {type(data).__name__}: pass a [sequences, tokens] tensor of token ids, a "
@@ -61,11 +73,16 @@ def _rows(data: CalibrationData, batch_size: int) -> Iterable[Mapping[str, Any]]
 
 
 def calibration_batches(
-    data: CalibrationData | None, device: torch.device, batch_size: int = 8, vocab_size: int | None = None
+    data: CalibrationData | None,
+    device: torch.device,
+    batch_size: int = 8,
+    vocab_size: int | None = None,
+    max_length: int | None = None,
 ) -> Batches:
     """Model-input batches (input_ids, attention_mask, token_type_ids) on ``device``; errors if there are none.
 
-    With ``vocab_size``, token ids outside ``[0, vocab_size)`` are an error (tokenized for another model).
+    With ``vocab_size``, token ids outside ``[0, vocab_size)`` are an error (tokenized for another model); with
+    ``max_length``, a sequence longer than the teacher's positions is.
     """
     if batch_size < 1:
         raise ValueError(f"calibration_batch_size={batch_size} must be >= 1.")
@@ -90,6 +107,12 @@ def calibration_batches(
                 f"The calibration data holds token ids from {int(ids.min())} to {int(ids.max())}, outside the "
                 f"teacher's vocabulary of {vocab_size}: it was tokenized for another model. Tokenize it with the "
                 "teacher's tokenizer."
+            )
+        if max_length is not None and ids.shape[-1] > max_length:
+            raise ValueError(
+                f"A calibration sequence has {ids.shape[-1]} tokens, but the teacher takes at most {max_length} "
+                "positions (its config's max_position_embeddings / n_positions). Cut the sequences to at most "
+                f"{max_length} tokens (tokenizer(..., truncation=True, max_length={max_length}))."
             )
         count = int(Batches.mask(batch).sum())
         if count:

@@ -125,3 +125,15 @@ def test_resuming_mid_epoch_with_sampled_completions_equals_the_straight_run(
     resumed.train(resume_from_checkpoint=str(tmp_path / "straight" / "out" / "checkpoint-2"))
     for name, value in straight.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, rtol=0, atol=1e-6, msg=name)
+
+
+def test_prompts_that_outgrow_a_models_positions_are_refused_before_generating(
+    tokenizer, tmp_path: Path
+) -> None:
+    trainer = _trainer(tokenizer, tmp_path, lmbda=1.0, max_new_tokens=8)
+    prompt = torch.ones(1, 60, dtype=torch.long)  # the tiny models take 64 positions
+    batch = {"prompt_input_ids": prompt, "prompt_attention_mask": torch.ones_like(prompt)}
+    with pytest.raises(
+        ValueError, match=r"68 positions, but the student takes at most 64.*max_prompt_length=56"
+    ):
+        trainer.on_policy.generate(trainer.model, batch)

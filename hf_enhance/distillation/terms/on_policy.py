@@ -34,6 +34,7 @@ from hf_enhance.distillation.terms.prompts import (
     padding_id,
     stop_token_ids,
 )
+from hf_enhance.modeling import max_positions
 
 if TYPE_CHECKING:
     from hf_enhance.distillation.arguments import DistillationTrainingArguments
@@ -221,6 +222,7 @@ class OnPolicySampler:
         self.tokenizer = tokenizer
         self.autocast = autocast
         self.stop_ids = stop_token_ids(tokenizer, student, teacher)
+        self.positions = {"student": max_positions(student), "teacher": max_positions(teacher)}
         self._logs: dict[str, list[float]] = {
             "on_policy": [],
             "completion_length": [],
@@ -270,6 +272,18 @@ class OnPolicySampler:
             batch[ON_POLICY_KEY] = on_policy
         return batches
 
+    def check_length(self, prompt_length: int) -> None:
+        """Refuse prompts that, with ``max_new_tokens`` generated tokens, outgrow a model's positions."""
+        needed = prompt_length + self.args.max_new_tokens
+        for role, limit in self.positions.items():
+            if limit is not None and needed > limit:
+                raise ValueError(
+                    f"A batch's prompts are {prompt_length} tokens long and max_new_tokens={self.args.max_new_tokens}"
+                    f": {needed} positions, but the {role} takes at most {limit}. Cut the prompts "
+                    f"(PromptCompletionCollator(tokenizer, max_prompt_length={max(limit - self.args.max_new_tokens, 1)}"
+                    ")) or lower max_new_tokens."
+                )
+
     def sampling_seed(self, step: int, micro_batch: int) -> int:
         """The seed of one micro-batch's sampling: from the run's seed, the optimizer step, the micro-batch and the
         process, so a run resumed from any checkpoint samples what the straight run sampled."""
@@ -286,6 +300,7 @@ class OnPolicySampler:
         prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]
         pad_id = padding_id(self.tokenizer)
         args = self.args
+        self.check_length(prompt_ids.shape[1])
         meter = EntropyMeter() if measure_entropy else None
         device = next(model.parameters()).device
         with generation_mode(model), self.autocast(), _seeded(seed, device):
