@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from hf_enhance.params import cli as params_cli
 from hf_enhance.params import plan_cli
@@ -33,6 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``hf-enhance`` console script."""
+    """Entry point of the ``hf-enhance`` console script. Output into a pipe closed early (``| head -1``) ends
+    quietly, as command-line tools do."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        status = args.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 0
+    return status

@@ -34,6 +34,7 @@ __all__ = [
     "TASK_MODEL_CLASSES",
     "ModelOrConfig",
     "ModuleSite",
+    "check_config",
     "check_weights_present",
     "head_module_names",
     "is_deepspeed_engine",
@@ -83,6 +84,51 @@ def _model_class(config: PretrainedConfig, task: str | None) -> type:
     return AutoModelForCausalLM
 
 
+# Sizes a config may declare, each a positive integer; layers capped so a typo cannot build for hours.
+_SIZES = ("hidden_size", "n_embd", "d_model", "vocab_size", "intermediate_size", "n_inner", "num_attention_heads",
+          "n_head", "num_key_value_heads", "num_hidden_layers", "n_layer", "num_layers", "head_dim")  # fmt: skip
+_LAYER_SIZES = ("num_hidden_layers", "n_layer", "num_layers")
+MAX_LAYERS = 10_000
+MAX_WIDTH = 2**24
+
+
+def check_config(config: PretrainedConfig) -> None:
+    """Refuse a config whose sizes no model can have, before a skeleton is built: what is wrong and the fix.
+
+    Sizes must be positive integers (layers at most `MAX_LAYERS`, widths at most `MAX_WIDTH`), and the attention
+    heads must divide the width when the config gives no ``head_dim`` of its own.
+    """
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    problems = []
+    for name in _SIZES:
+        value = getattr(text, name, None)
+        if value is None:
+            continue
+        limit = MAX_LAYERS if name in _LAYER_SIZES else MAX_WIDTH
+        values = value if isinstance(value, (list, tuple)) else [value]  # per-layer sizes in some configs
+        if not all(not isinstance(v, bool) and isinstance(v, int) and 1 <= v <= limit for v in values):
+            problems.append(f"{name}={value!r} (a whole number from 1 to {limit:,})")
+    width = next(
+        (getattr(text, n) for n in ("hidden_size", "n_embd", "d_model") if getattr(text, n, None)), None
+    )
+    heads = next(
+        (getattr(text, n) for n in ("num_attention_heads", "n_head") if getattr(text, n, None)), None
+    )
+    if (
+        not problems
+        and isinstance(width, int)
+        and isinstance(heads, int)
+        and getattr(text, "head_dim", None) is None
+        and width % heads
+    ):
+        problems.append(f"{heads} attention heads do not divide the width {width}")
+    if problems:
+        raise ValueError(
+            f"The {getattr(text, 'model_type', 'model')!r} config cannot describe a model: {'; '.join(problems)}. "
+            "Fix those values in the config (config.json), or pass a model name from the zoo (--list)."
+        )
+
+
 def meta_model(model_or_config: ModelOrConfig, task: str | None = None) -> nn.Module:
     """Return ``model_or_config`` if it is a model, else a weightless skeleton of it on the meta device.
 
@@ -107,6 +153,7 @@ def meta_model(model_or_config: ModelOrConfig, task: str | None = None) -> nn.Mo
             f"Expected a torch.nn.Module, a transformers PretrainedConfig or a path to one, got "
             f"{type(model_or_config).__name__}."
         )
+    check_config(model_or_config)
     cls = _model_class(model_or_config, task)
     build = getattr(cls, "from_config", None) or cls._from_config  # auto classes / concrete model classes
     with torch.device("meta"):

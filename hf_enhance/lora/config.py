@@ -112,6 +112,13 @@ def lora_config(
     model = meta_model(model, lora_kwargs.get("task_type"))
     sites = resolve_targets(model, preset)
 
+    widest = max(min(site.in_features, site.out_features) for site in sites)
+    if isinstance(r, int) and r > widest:
+        raise ValueError(
+            f"r={r} exceeds the smaller dimension of every module preset {preset!r} targets (at most {widest}): a "
+            f"LoRA update B @ A cannot have a rank above it, so the extra parameters would train nothing. Use "
+            f"r <= {widest}."
+        )
     ranks = r.ranks(sites) if isinstance(r, RankSchedule) else {site.name: r for site in sites}
     use_rslora = scaling == "rslora"
     alphas = _alphas(sites, ranks, lora_alpha, rule, use_rslora)

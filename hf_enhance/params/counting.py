@@ -32,7 +32,7 @@ from transformers.quantizers.base import get_keys_to_not_convert
 from transformers.quantizers.quantizers_utils import should_convert_module
 
 from hf_enhance.lora import RankSchedule, ia3_config, lora_config, prefix_tuning_config
-from hf_enhance.modeling import meta_model
+from hf_enhance.modeling import linear_modules, meta_model
 from hf_enhance.params.memory import TensorGroup, nf4_bytes
 from hf_enhance.params.result import ParameterCount
 from hf_enhance.params.zoo import MODEL_ZOO, zoo_config
@@ -253,7 +253,17 @@ def _tensor_groups(model: nn.Module, quantizable: set[int]) -> tuple[TensorGroup
     return tuple(TensorGroup(*key, numel, nf4) for key, (numel, nf4) in sums.items())
 
 
-def _check_lora_values(peft_config: PeftConfig) -> None:
+def _check_lora_values(peft_config: PeftConfig, model: nn.Module) -> None:
+    rank = getattr(peft_config, "r", None)
+    linears = [
+        min(m.weight.shape) for m in linear_modules(model).values() if getattr(m, "weight", None) is not None
+    ]
+    if isinstance(rank, int) and linears and rank > max(linears):
+        raise ValueError(
+            f"LoRA rank r={rank} exceeds the smaller dimension ({max(linears)}) of every linear layer of the "
+            f"model: B @ A cannot have a rank above it, so the extra parameters add nothing. Use "
+            f"r <= {max(linears)} (typical: 4-64)."
+        )
     alpha = getattr(peft_config, "lora_alpha", None)
     if isinstance(alpha, (int, float)) and not math.isfinite(alpha):
         raise ValueError(
@@ -335,7 +345,7 @@ def count_parameters(
             trainable = total = sum(p.numel() for p in model.parameters())
             method = "full"
         else:
-            _check_lora_values(peft_config)
+            _check_lora_values(peft_config, model)
             with torch.device("meta"), no_init_weights():
                 counted = get_peft_model(model, peft_config)
             _check_lora_ranks(counted)

@@ -264,9 +264,16 @@ def _zero3_gathered(teacher: _Profile, student: _Profile, vocab: int) -> int:
     return _BF16 * max(live, teacher.largest_module, student.largest_module, heads)
 
 
-def _check_positive_int(name: str, value: int, meaning: str) -> None:
+MAX_GPUS, MAX_GPU_MEMORY_GIB, MAX_TOKENS = 1_000_000, 1_000_000, 2**40
+
+
+def _check_positive_int(name: str, value: int, meaning: str, maximum: int = MAX_TOKENS) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be an int >= 1: it is {meaning}.")
+    if value > maximum:
+        raise ValueError(
+            f"{name}={value} is beyond any real run (at most {maximum:,} here): it is {meaning}."
+        )
 
 
 def _check_arguments(
@@ -277,12 +284,15 @@ def _check_arguments(
     cache_tokens: int | None,
     top_k: int,
 ) -> None:
-    _check_positive_int("gpus", gpus, "the number of GPUs the models are replicated or sharded over, e.g. 8")
+    _check_positive_int(
+        "gpus", gpus, "the number of GPUs the models are replicated or sharded over, e.g. 8", MAX_GPUS
+    )
     if isinstance(gpu_memory_gib, bool) or not isinstance(gpu_memory_gib, (int, float)):
         raise ValueError(f"gpu_memory_gib={gpu_memory_gib!r} must be a number of GiB, e.g. 80.")
-    if not math.isfinite(gpu_memory_gib) or gpu_memory_gib <= 0:
+    if not math.isfinite(gpu_memory_gib) or not 0 < gpu_memory_gib <= MAX_GPU_MEMORY_GIB:
         raise ValueError(
-            f"gpu_memory_gib={gpu_memory_gib} must be a positive, finite number of GiB: the memory of one GPU "
+            f"gpu_memory_gib={gpu_memory_gib} must be a positive, finite number of GiB (at most "
+            f"{MAX_GPU_MEMORY_GIB:,}): the memory of one GPU "
             "that each set-up must fit in. Pass e.g. 80 for an 80 GB H100/A100, 24 for a 24 GB card."
         )
     _check_positive_int("tokens_per_gpu", tokens_per_gpu, "the number of tokens in one micro-batch per GPU")
