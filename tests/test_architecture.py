@@ -90,3 +90,14 @@ def test_a_moved_module_still_imports_with_a_deprecation_warning(old: str, new: 
     assert module is importlib.import_module(new)
     assert module.__spec__.name == new  # the module keeps its own identity
     assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message) for w in caught)
+
+
+def test_the_architecture_page_names_every_distillation_and_objectives_module() -> None:
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    modules = [*_files("objectives"), *_files("distillation")]
+    missing = [
+        str(path.relative_to(PACKAGE))
+        for path in modules
+        if path.name not in ("__init__.py", "_moved.py") and path.name not in page
+    ]
+    assert missing == [], "docs/architecture.md does not list these modules"
