@@ -87,7 +87,7 @@ def text_plan(plan: MemoryPlan) -> str:
     budget = format_bytes(plan.gpu_memory_bytes)
     lines = [
         f"{plan.teacher} teacher ({plan.teacher_parameters:,} parameters) -> {plan.student} student "
-        f"({plan.student_parameters:,}) on {plan.gpus} GPUs x {budget}",
+        f"({plan.student_parameters:,}) on {plan.gpus} GPU{'s' if plan.gpus != 1 else ''} x {budget}",
         f"  per GPU, bf16 weights/gradients/AdamW states, {plan.tokens_per_gpu:,} tokens per micro-batch, "
         f"vocabulary {plan.vocab_size:,}",
         "",

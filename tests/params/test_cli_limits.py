@@ -59,3 +59,8 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err.decode()
     assert b"Traceback" not in err and b"BrokenPipe" not in err
+
+
+def test_one_gpu_is_one_gpu(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--teacher", "gpt2", "--student", "distilgpt2", "--gpus", "1"]) == 0
+    assert " on 1 GPU x " in capsys.readouterr().out
