@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +113,20 @@ def test_two_writers_on_one_cache_finish_it_as_one_would(teacher: nn.Module, tmp
                                  shard_size=2, show_progress=False)  # fmt: skip
     assert _entries(load_teacher_cache(tmp_path / "cache")) == _entries(clean)
     assert not list((tmp_path / "cache").glob("*.partial*"))
+
+
+def test_a_cache_from_before_fingerprints_is_not_resumed_and_is_warned_about_next_to_a_teacher(
+    teacher: nn.Module, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _cache(teacher, tmp_path / "cache")
+    settings_file = tmp_path / "cache" / "teacher_cache.json"
+    settings = json.loads(settings_file.read_text())
+    del settings["teacher"]
+    settings_file.write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match=r"records no teacher \(built before 0.2\)"):
+        _cache(teacher, tmp_path / "cache")
+    with caplog.at_level(logging.WARNING):
+        DistillationTrainer(model=tiny_gpt2(seed=0), teacher_model=tiny_gpt2(seed=1),
+                            teacher_cache=load_teacher_cache(tmp_path / "cache"), args=distillation_args(tmp_path),
+                            train_dataset=lm_dataset(6), data_collator=pad_collator)  # fmt: skip
+    assert "records no teacher (built before teacher fingerprints)" in caplog.text
