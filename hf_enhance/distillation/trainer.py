@@ -29,12 +29,12 @@ from hf_enhance.distillation.inputs import (
 from hf_enhance.distillation.logs import ComponentLog
 from hf_enhance.distillation.placement import choose_placement
 from hf_enhance.distillation.placement.heads import hidden_states_match_logits
-from hf_enhance.distillation.sources.cache_batches import (
-    TEACHER_CACHE_COLUMNS,
+from hf_enhance.distillation.sources.cache_batches import TEACHER_CACHE_COLUMNS
+from hf_enhance.distillation.sources.lm_cache import (
     check_cache_matches_teacher,
+    check_same_teacher,
     join_teacher_caches,
 )
-from hf_enhance.distillation.sources.lm_cache import check_same_teacher
 from hf_enhance.distillation.teacher import (
     detect_task,
     freeze,

@@ -1,32 +1,20 @@
-"""A teacher cache in the training batch: the collator that pads its entries, and the trainer's join of the data.
-
-`TeacherCacheCollator` turns the cache columns that `with_teacher_cache` joined to the rows into padded tensors
-(`CACHE_BATCH_KEYS`) next to the usual batch, ready for `sparse_distillation_loss`. `join_teacher_caches` does
-that join for `DistillationTrainer`'s train and eval data.
-"""
+"""A teacher cache in the training batch: `TeacherCacheCollator` turns the cache columns that `with_teacher_cache`
+joined to the rows into padded tensors (`CACHE_BATCH_KEYS`) next to the usual batch, ready for
+`sparse_distillation_loss`."""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from transformers import default_data_collator
-
-from hf_enhance.distillation.teacher import tokenizer_size
-
-if TYPE_CHECKING:
-    from hf_enhance.distillation.sources.lm_cache import TeacherLogitCache
 
 __all__ = [
     "CACHE_BATCH_KEYS",
     "TEACHER_CACHE_COLUMNS",
     "TeacherCacheCollator",
-    "check_cache_matches_teacher",
-    "join_teacher_caches",
 ]
 
 TEACHER_CACHE_COLUMNS: tuple[str, ...] = (
@@ -111,49 +99,3 @@ def _pad_entries(
         "teacher_residual_logprob": residual,
         "teacher_cache_mask": attended,
     }
-
-
-def join_teacher_caches(
-    kwargs: dict[str, Any],
-    teacher_cache: TeacherLogitCache | str | os.PathLike[str],
-    eval_teacher_cache: TeacherLogitCache | str | os.PathLike[str] | None,
-    live_teacher: bool,
-) -> TeacherLogitCache:
-    """Join the train (and eval) rows with their caches in `kwargs`; wrap the collator. Returns the train cache."""
-    from hf_enhance.distillation.sources.lm_cache import (
-        TeacherLogitCache,
-        load_teacher_cache,
-        with_teacher_cache,
-    )
-
-    cache = (
-        teacher_cache if isinstance(teacher_cache, TeacherLogitCache) else load_teacher_cache(teacher_cache)
-    )
-    if kwargs.get("train_dataset") is None:
-        raise ValueError(
-            "teacher_cache= was given without train_dataset=: the cache is joined row by row with the training "
-            "data it was built from. Pass that data set as train_dataset."
-        )
-    kwargs["train_dataset"] = with_teacher_cache(kwargs["train_dataset"], cache)
-    if kwargs.get("eval_dataset") is not None and (eval_teacher_cache is not None or not live_teacher):
-        if eval_teacher_cache is None:
-            raise ValueError(
-                "eval_dataset was given with teacher_cache= but without eval_teacher_cache=: with no teacher in "
-                "memory, evaluation needs the teacher's cached outputs for the eval rows too. Build them with "
-                "cache_teacher_logits(teacher, eval_dataset, output_dir=...) and pass eval_teacher_cache=."
-            )
-        kwargs["eval_dataset"] = with_teacher_cache(kwargs["eval_dataset"], eval_teacher_cache)
-    kwargs["data_collator"] = TeacherCacheCollator(
-        kwargs.get("data_collator") or default_data_collator, require_cache=not live_teacher
-    )
-    return cache
-
-
-def check_cache_matches_teacher(cache_columns: int, teacher_columns: int, tokenizer: Any) -> None:
-    """A teacher cache and a live teacher given together must describe the same vocabulary."""
-    if cache_columns not in (teacher_columns, tokenizer_size(tokenizer)):
-        raise ValueError(
-            f"The teacher cache holds distributions over {cache_columns} token ids, but the live teacher_model has "
-            f"{teacher_columns} output columns: the cache was built from another teacher (or vocabulary). Rebuild "
-            "it with cache_teacher_logits(teacher_model, ...) or pass the teacher it was built from."
-        )

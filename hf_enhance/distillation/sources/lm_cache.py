@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from datasets import Dataset, concatenate_datasets
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import default_data_collator
 
 from hf_enhance.distillation.sources.cache_batches import (
     CACHE_BATCH_KEYS,
@@ -44,7 +45,7 @@ from hf_enhance.distillation.sources.cache_files import (
     write_atomically,
 )
 from hf_enhance.distillation.sources.fingerprint import fingerprint_differences, teacher_fingerprint
-from hf_enhance.distillation.teacher import output_size
+from hf_enhance.distillation.teacher import output_size, tokenizer_size
 from hf_enhance.files import write_json_atomically
 
 __all__ = [
@@ -53,6 +54,8 @@ __all__ = [
     "TeacherCacheCollator",
     "TeacherLogitCache",
     "cache_teacher_logits",
+    "check_cache_matches_teacher",
+    "join_teacher_caches",
     "load_teacher_cache",
     "with_teacher_cache",
 ]
@@ -361,3 +364,43 @@ def _read_metadata(path: Path) -> dict[str, Any] | None:
         return None
     required = ("format_version", "top_k", "shard_size", "num_rows")
     return settings if isinstance(settings, dict) and all(key in settings for key in required) else None
+
+
+def join_teacher_caches(
+    kwargs: dict[str, Any],
+    teacher_cache: TeacherLogitCache | str | os.PathLike[str],
+    eval_teacher_cache: TeacherLogitCache | str | os.PathLike[str] | None,
+    live_teacher: bool,
+) -> TeacherLogitCache:
+    """Join the train (and eval) rows with their caches in `kwargs`; wrap the collator. Returns the train cache."""
+    cache = (
+        teacher_cache if isinstance(teacher_cache, TeacherLogitCache) else load_teacher_cache(teacher_cache)
+    )
+    if kwargs.get("train_dataset") is None:
+        raise ValueError(
+            "teacher_cache= was given without train_dataset=: the cache is joined row by row with the training "
+            "data it was built from. Pass that data set as train_dataset."
+        )
+    kwargs["train_dataset"] = with_teacher_cache(kwargs["train_dataset"], cache)
+    if kwargs.get("eval_dataset") is not None and (eval_teacher_cache is not None or not live_teacher):
+        if eval_teacher_cache is None:
+            raise ValueError(
+                "eval_dataset was given with teacher_cache= but without eval_teacher_cache=: with no teacher in "
+                "memory, evaluation needs the teacher's cached outputs for the eval rows too. Build them with "
+                "cache_teacher_logits(teacher, eval_dataset, output_dir=...) and pass eval_teacher_cache=."
+            )
+        kwargs["eval_dataset"] = with_teacher_cache(kwargs["eval_dataset"], eval_teacher_cache)
+    kwargs["data_collator"] = TeacherCacheCollator(
+        kwargs.get("data_collator") or default_data_collator, require_cache=not live_teacher
+    )
+    return cache
+
+
+def check_cache_matches_teacher(cache_columns: int, teacher_columns: int, tokenizer: Any) -> None:
+    """A teacher cache and a live teacher given together must describe the same vocabulary."""
+    if cache_columns not in (teacher_columns, tokenizer_size(tokenizer)):
+        raise ValueError(
+            f"The teacher cache holds distributions over {cache_columns} token ids, but the live teacher_model has "
+            f"{teacher_columns} output columns: the cache was built from another teacher (or vocabulary). Rebuild "
+            "it with cache_teacher_logits(teacher_model, ...) or pass the teacher it was built from."
+        )

@@ -145,8 +145,7 @@ class EntropyMeter(LogitsProcessor):
 
     def per_token(self, mask: torch.Tensor) -> list[float]:
         """Each row's mean entropy over its generated tokens (``mask``: ``[B, steps]``, True up to the stop)."""
-        entropy = torch.stack(self.steps, dim=1).to(mask.device) if self.steps else mask.float()
-        mask = mask[:, : entropy.shape[1]]
+        entropy = torch.stack(self.steps, dim=1).to(mask.device)
         return ((entropy * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
 
 
