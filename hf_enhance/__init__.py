@@ -11,8 +11,9 @@ loads no trainer.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hf_enhance.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from hf_enhance.distillation import (
@@ -70,7 +71,6 @@ _SOURCES: dict[str, tuple[str, ...]] = {
         "EnhancedTrainingArguments",
     ),
 }
-_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
 __all__ = [
     "AdaptiveGradClip",
@@ -97,14 +97,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'hf_enhance' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _SOURCES, __all__)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
-from hf_enhance.params import cli as params_cli
-from hf_enhance.params import plan_cli
+from hf_enhance.params.arguments import (
+    PARAMS_DESCRIPTION,
+    PLAN_DESCRIPTION,
+    add_params_arguments,
+    add_plan_arguments,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -20,17 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     params = commands.add_parser(
         "params",
         help="count what a fine-tuning choice trains and the memory it needs (no download, no weights)",
-        description=params_cli.__doc__,
+        description=PARAMS_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    params_cli.add_arguments(params).set_defaults(run=params_cli.run)
+    add_params_arguments(params).set_defaults(runner="hf_enhance.params.cli")
     plan = commands.add_parser(
         "plan",
         help="per-GPU memory of distilling a teacher into a student, per set-up (no download, no weights)",
-        description=plan_cli.__doc__,
+        description=PLAN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plan_cli.add_arguments(plan).set_defaults(run=plan_cli.run)
+    add_plan_arguments(plan).set_defaults(runner="hf_enhance.params.plan_cli")
     return parser
 
 
@@ -39,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     quietly, as command-line tools do."""
     args = build_parser().parse_args(argv)
     try:
-        status = args.run(args)
+        status = importlib.import_module(args.runner).run(
+            args
+        )  # the command's work imports torch, not --help
         sys.stdout.flush()
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit

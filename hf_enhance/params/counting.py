@@ -34,17 +34,12 @@ from transformers.quantizers.quantizers_utils import should_convert_module
 from hf_enhance.lora import RankSchedule, ia3_config, lora_config, prefix_tuning_config
 from hf_enhance.modeling import linear_modules, meta_model
 from hf_enhance.params.memory import TensorGroup, nf4_bytes
+from hf_enhance.params.names import METHODS
 from hf_enhance.params.result import ParameterCount
 from hf_enhance.params.zoo import MODEL_ZOO, zoo_config
 
 __all__ = ["METHODS", "count_parameters"]
 
-METHODS: dict[str, str] = {
-    "lora": "LoRA (peft.LoraConfig): low-rank A, B next to the targeted linear layers",
-    "ia3": "IA3 (peft.IA3Config): one learned scaling vector per targeted layer",
-    "prefix": "prefix tuning (peft.PrefixTuningConfig): learned key/value prefixes in every layer",
-    "full": "full fine-tuning: every parameter trained, no PEFT",
-}
 _METHOD_NAMES = {"LORA": "lora", "IA3": "ia3", "PREFIX_TUNING": "prefix"}
 DEFAULT_RANK = 8
 DEFAULT_VIRTUAL_TOKENS = 20

@@ -1,10 +1,6 @@
 """hf-enhance plan: per-GPU memory of distilling a teacher into a student, per set-up, before downloading.
 
-Examples:
-
-    hf-enhance plan --teacher llama-3-70b --student llama-3-8b --gpus 8 --gpu-memory 80
-    hf-enhance plan --teacher qwen2.5-1.5b --student qwen2.5-0.5b --gpus 2 --gpu-memory 24 --tokens 2e9 --json
-    hf-enhance plan --teacher ./teacher/config.json --student ./student/config.json --gpus 4
+The command's work; its arguments and examples are in `hf_enhance.params.arguments`.
 """
 
 from __future__ import annotations
@@ -13,60 +9,17 @@ import argparse
 import json
 import sys
 
-from hf_enhance.params.cli import guarded
+from hf_enhance.params.arguments import add_plan_arguments as add_arguments
+from hf_enhance.params.arguments import guarded
 from hf_enhance.params.planner import (
-    DEFAULT_TOP_K,
     PLAN_SETUPS,
     MemoryPlan,
     cache_id_dtype,
     plan_distillation_memory,
 )
 from hf_enhance.params.report import format_bytes, text_table
-from hf_enhance.params.zoo import MODEL_ZOO
 
 __all__ = ["add_arguments", "main", "run", "text_plan"]
-
-
-def _token_count(text: str) -> int:
-    """A whole number of tokens, also written as ``2e9`` or ``2_000_000_000``."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens (e.g. 2e9).") from None
-    if not value.is_integer():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of tokens.")
-    return int(value)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``plan`` arguments to ``parser`` (the ``hf-enhance plan`` subparser or a standalone one)."""
-    models = f"A model name ({', '.join(MODEL_ZOO)}) or a local config.json / model directory."
-    parser.add_argument("--teacher", required=True, help=models)
-    parser.add_argument("--student", required=True, help="The student, like --teacher; same vocabulary.")
-    parser.add_argument("--gpus", type=int, required=True, help="Number of GPUs.")
-    parser.add_argument(
-        "--gpu-memory", type=float, default=80.0, help="Memory of one GPU in GiB (default 80)."
-    )
-    parser.add_argument(
-        "--tokens-per-gpu", type=int, default=4096, help="Tokens per micro-batch per GPU (default 4096)."
-    )
-    parser.add_argument(
-        "--chunk-size",
-        type=int,
-        default=None,
-        help="Tokens per chunk of the fused loss (default: from the vocabulary, as DistillationTrainer does).",
-    )
-    parser.add_argument(
-        "--tokens", type=_token_count, help="Training tokens of the offline teacher cache, for its disk size."
-    )
-    parser.add_argument(
-        "--top-k",
-        type=int,
-        default=DEFAULT_TOP_K,
-        help=f"Teacher ids per token in the offline cache (default {DEFAULT_TOP_K}).",
-    )
-    parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
-    return parser
 
 
 def _cache_line(plan: MemoryPlan) -> str:

@@ -38,6 +38,7 @@ from transformers import PretrainedConfig
 from hf_enhance.modeling import meta_model, repeated_blocks
 from hf_enhance.objectives.fused import default_chunk_size
 from hf_enhance.params.counting import count_parameters
+from hf_enhance.params.names import DEFAULT_TOP_K
 from hf_enhance.params.result import ParameterCount
 from hf_enhance.params.zoo import MODEL_ZOO, zoo_config
 
@@ -59,7 +60,6 @@ PLAN_SETUPS: dict[str, str] = {
     "offline_cache": "teacher top-k cached on disk beforehand, no teacher in GPU memory; student replicated (DDP)",
 }
 
-DEFAULT_TOP_K = 32
 """Ids kept per token by `cache_teacher_logits` (its ``top_k`` default)."""
 
 STAGE3_MAX_LIVE_PARAMETERS = 10**9
