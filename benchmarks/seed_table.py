@@ -71,7 +71,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 @dataclass
 class BenchmarkArguments:
     tasks: list[str] = field(default_factory=lambda: list(TASKS), metadata={"help": "Data sets to run."})
-    data_dir: str = field(default="../shared/data", metadata={"help": "Folder holding cola/ and sst2/."})
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder holding cola/ and sst2/ (default: $HF_ENHANCE_DATA, else ../shared/data, else the hub)."
+        },
+    )
     quick: bool = field(
         default=False, metadata={"help": "Few-minute version: QUICK replaces the defaults of these settings."}
     )

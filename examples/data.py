@@ -1,8 +1,11 @@
 """Sentence-classification data for the examples and benchmarks: CoLA and SST-2, offline or from the hub.
 
-Local files (the default, ``../shared/data`` from the repository root) use the GLUE-style tab-separated
-layouts below; ``from_hub=True`` loads ``nyu-mll/glue`` with `datasets` instead (needs internet). Either way the
-result is a `DatasetDict` with ``train`` and ``validation`` splits and columns ``sentence`` (str), ``label`` (int).
+Where the data come from (`find_data_dir`): ``data_dir`` when given; else the folder named by the environment
+variable ``HF_ENHANCE_DATA``; else ``shared/data`` beside the repository (``../shared/data`` from its root); else,
+when the hub is not switched off (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``), ``nyu-mll/glue`` through
+`datasets.load_dataset`; else a `DataNotFound` error that says where it looked. ``from_hub=True`` always loads
+from the hub. Either way the result is a `DatasetDict` with ``train`` and ``validation`` splits and columns
+``sentence`` (str), ``label`` (int). Local files use the GLUE-style tab-separated layouts below.
 
 - CoLA: ``cola/raw/in_domain_train.tsv`` / ``in_domain_dev.tsv``, no header; columns: source, label,
   original-label marker, sentence.
@@ -13,7 +16,11 @@ result is a `DatasetDict` with ``train`` and ``validation`` splits and columns `
 from __future__ import annotations
 
 import csv
+import os
 import random
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +53,61 @@ TASKS: dict[str, TaskFiles] = {
 }
 
 
+DATA_ENV = "HF_ENHANCE_DATA"
+BESIDE_REPOSITORY = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+class DataNotFound(FileNotFoundError):
+    """No folder holds the task's files and the hub is switched off (or a given folder lacks them)."""
+
+
+def has_task_files(folder: Path, files: TaskFiles) -> bool:
+    return (folder / files.train).is_file() and (folder / files.validation).is_file()
+
+
+def hub_switched_off() -> bool:
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENV)
+
+
+def find_data_dir(task: str, data_dir: str | Path | None = None) -> Path | None:
+    """The folder holding ``task``'s files, or None when the hub is to be used (see the module docstring).
+
+    Raises `DataNotFound` (one message: where it looked and the three ways to fix it) when ``data_dir`` is given
+    but lacks the files, or when no folder has them and the hub is switched off; before anything is loaded.
+    """
+    files = _check_task(task)
+    if data_dir is not None:
+        if has_task_files(Path(data_dir), files):
+            return Path(data_dir)
+        raise DataNotFound(
+            f"--data_dir {data_dir} has no {files.train} and {files.validation}: point it at the folder that "
+            f"holds {task}/ (GLUE tab-separated files), or leave it out to use ${DATA_ENV}, ../shared/data or the hub."
+        )
+    candidates = [Path(os.environ[DATA_ENV])] if os.environ.get(DATA_ENV) else []
+    candidates.append(BESIDE_REPOSITORY)
+    for folder in candidates:
+        if has_task_files(folder, files):
+            return folder
+    if hub_switched_off():
+        looked = ", ".join(str(folder) for folder in candidates)
+        raise DataNotFound(
+            f"The {task} files ({files.train}) are in none of {looked}, and the hub is switched off "
+            f"({' / '.join(OFFLINE_ENV)}). Pass --data_dir DIR, set {DATA_ENV}=DIR (DIR holds {task}/), or allow "
+            "the hub so that nyu-mll/glue is downloaded."
+        )
+    return None
+
+
+@contextmanager
+def exit_on_missing_data() -> Iterator[None]:
+    """For a script's ``__main__``: `DataNotFound` ends the run with its one-line message, not a traceback."""
+    try:
+        yield
+    except DataNotFound as error:
+        sys.exit(f"error: {error}")
+
+
 def _check_task(task: str) -> TaskFiles:
     if task not in TASKS:
         raise ValueError(f"Unknown task {task!r}. Valid tasks: {', '.join(TASKS)}.")
@@ -55,8 +117,8 @@ def _check_task(task: str) -> TaskFiles:
 def _read_tsv(path: Path, files: TaskFiles) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path} does not exist. Point data_dir at the folder holding cola/ and sst2/ (the repository "
-            "expects ../shared/data, relative to the repository root), or load from the hub with from_hub=True."
+            f"{path} does not exist. Point data_dir at the folder holding cola/ and sst2/, or load from the hub "
+            "with from_hub=True."
         )
     sentences, labels = [], []
     with path.open(newline="", encoding="utf-8") as handle:
@@ -82,12 +144,14 @@ class DataArguments:
     """Which sentence-classification data an example reads (the fields both example scripts share)."""
 
     task: str = field(default="sst2", metadata={"help": "Data set.", "choices": list(TASKS)})
-    data_dir: str = field(
-        default="../shared/data", metadata={"help": "Folder holding cola/ and sst2/ (GLUE tsv files)."}
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": f"Folder holding cola/ and sst2/ (GLUE tsv files). Default: ${DATA_ENV}, else "
+            "../shared/data beside the repository, else nyu-mll/glue from the hub (online)."
+        },
     )
-    from_hub: bool = field(
-        default=False, metadata={"help": "Load nyu-mll/glue with datasets instead (online)."}
-    )
+    from_hub: bool = field(default=False, metadata={"help": "Load nyu-mll/glue with datasets (online)."})
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Random subset of the train split."}
     )
@@ -99,7 +163,7 @@ class DataArguments:
 
 def load_sentence_classification(
     task: str,
-    data_dir: str | Path = "../shared/data",
+    data_dir: str | Path | None = None,
     *,
     from_hub: bool = False,
     max_train_samples: int | None = None,
@@ -109,6 +173,7 @@ def load_sentence_classification(
 ) -> DatasetDict:
     """``train`` and ``validation`` splits of ``task`` (``"cola"`` or ``"sst2"``) with ``sentence`` and ``label``.
 
+    ``data_dir`` and ``from_hub``: where the files are read from, as `find_data_dir` says (None: found).
     ``max_train_samples`` / ``max_eval_samples`` keep a random subset (drawn with ``seed``) of that many rows.
     ``unlabelled_samples`` > 0 adds an ``unlabelled`` split: that many further training sentences, disjoint from
     ``train``, with their labels dropped (text a teacher can label for distillation).
@@ -123,13 +188,17 @@ def load_sentence_classification(
             "unlabelled sentences are training sentences left out of the labelled subset. Set "
             "max_train_samples, or unlabelled_samples=0."
         )
-    if from_hub:
+    root = None if from_hub else find_data_dir(task, data_dir)
+    if root is None:
+        if not from_hub:
+            print(
+                f"No local {task} files ({DATA_ENV} unset, none at {BESIDE_REPOSITORY}): loading nyu-mll/glue."
+            )
         data = load_dataset("nyu-mll/glue", task)
         data = DatasetDict(
             {split: data[split].select_columns(["sentence", "label"]) for split in ("train", "validation")}
         )
     else:
-        root = Path(data_dir)
         data = DatasetDict(
             {
                 "train": _read_tsv(root / files.train, files),

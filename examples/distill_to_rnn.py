@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 
 import torch
 from classification import Run, compute_metrics, default_model_path, fit
-from data import TASKS, DataArguments, load_sentence_classification, perturbed_sentences, tokenize
+from data import (
+    TASKS,
+    DataArguments,
+    exit_on_missing_data,
+    load_sentence_classification,
+    perturbed_sentences,
+    tokenize,
+)
 from datasets import Dataset, DatasetDict, concatenate_datasets
 from torch import nn
 from transformers import (
@@ -309,4 +316,5 @@ def main(argv: list[str] | None = None) -> dict[str, Run]:
 
 
 if __name__ == "__main__":
-    main()
+    with exit_on_missing_data():
+        main()

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from classification import Run, compute_metrics, default_model_path, fit
-from data import DataArguments, load_sentence_classification, tokenize
+from data import DataArguments, exit_on_missing_data, load_sentence_classification, tokenize
 from datasets import DatasetDict
 from peft import PeftModel, get_peft_model
 from transformers import (
@@ -129,4 +129,5 @@ def main(argv: list[str] | None = None) -> Run:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    with exit_on_missing_data():
+        main(sys.argv[1:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,6 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
-DATA_DIR = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO / "examples"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -34,9 +34,15 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not (DATA_DIR / "cola").is_dir() or not (DATA_DIR / "sst2").is_dir():
-        pytest.skip(f"the shared CoLA/SST-2 files are not at {DATA_DIR}")
-    return DATA_DIR
+    """The folder with the real CoLA and SST-2 files: $HF_ENHANCE_DATA, else ../shared/data beside the repository."""
+    from data import BESIDE_REPOSITORY, DATA_ENV, TASKS, has_task_files
+
+    for folder in (os.environ.get(DATA_ENV), BESIDE_REPOSITORY):
+        if folder and all(has_task_files(Path(folder), TASKS[task]) for task in ("cola", "sst2")):
+            return Path(folder)
+    pytest.skip(
+        f"the real CoLA/SST-2 files are in neither ${DATA_ENV} nor {BESIDE_REPOSITORY}: set {DATA_ENV}"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import data as data_module
 import pytest
-from data import load_sentence_classification, perturbed_sentences, tokenize
+from data import DataNotFound, find_data_dir, load_sentence_classification, perturbed_sentences, tokenize
 from transformers import AutoTokenizer
 
 
@@ -63,6 +67,47 @@ def test_bad_task_missing_files_and_malformed_rows_are_reported(tmp_path: Path) 
     (tmp_path / "sst2" / "test.tsv").write_text("sentence\tlabel\nfine\t1\n")
     with pytest.raises(ValueError, match="line 3"):
         load_sentence_classification("sst2", tmp_path)
+
+
+def write_sst2(folder: Path, sentence: str) -> Path:
+    (folder / "sst2").mkdir(parents=True)
+    (folder / "sst2" / "train.tsv").write_text(f"sentence\tlabel\n{sentence}\t1\nbad film\t0\n")
+    (folder / "sst2" / "test.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    return folder
+
+
+def test_data_are_found_in_the_given_folder_then_the_environment_then_beside_the_repository(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    given, named, beside = (write_sst2(tmp_path / name, name) for name in ("given", "named", "beside"))
+    monkeypatch.setattr(data_module, "BESIDE_REPOSITORY", beside)
+    monkeypatch.delenv("HF_ENHANCE_DATA", raising=False)
+    assert load_sentence_classification("sst2")["train"]["sentence"][0] == "beside"
+    monkeypatch.setenv("HF_ENHANCE_DATA", str(named))
+    assert load_sentence_classification("sst2")["train"]["sentence"][0] == "named"
+    assert load_sentence_classification("sst2", given)["train"]["sentence"][0] == "given"
+
+
+def test_no_data_and_no_hub_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data_module, "BESIDE_REPOSITORY", tmp_path / "nothing_here")
+    monkeypatch.setenv("HF_ENHANCE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataNotFound, match="Pass --data_dir DIR, set HF_ENHANCE_DATA=DIR") as error:
+        load_sentence_classification("cola")
+    assert str(tmp_path / "empty") in str(error.value) and "nothing_here" in str(error.value)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert find_data_dir("cola") is None  # online: the hub's nyu-mll/glue is next
+
+
+def test_a_script_without_its_data_exits_with_one_line_before_loading_a_model(tmp_path: Path) -> None:
+    script = Path(data_module.__file__).parent / "lora_classification.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--task", "cola", "--data_dir", str(tmp_path), "--model", "no/such-model"],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: --data_dir {tmp_path} has no cola/")
 
 
 def test_perturbed_sentences_mask_swap_and_cut_reproducibly() -> None:
