@@ -7,6 +7,7 @@ Strength ``k`` multiplies every LoRA update of an adapter: ``W0 + k * scale * B 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 import tempfile
@@ -20,6 +21,7 @@ import hf_enhance
 from hf_enhance.files import write_json_atomically
 from hf_enhance.lora.config import lora_metadata
 from hf_enhance.lora.patterns import clean_number
+from hf_enhance.students.record import RECORD_KEY, student_record
 
 __all__ = [
     "METADATA_FILE",
@@ -108,6 +110,20 @@ def get_adapter_strength(peft_model: PeftModel, adapter_name: str | None = None)
     return ratios.pop() if ratios else 1.0
 
 
+BASE_FOLDER = "base"
+
+
+def _unsaved_student(peft_model: PeftModel) -> bool:
+    """A base built by `student_from_teacher` whose ``name_or_path`` is no saved copy of it."""
+    record = student_record(peft_model)
+    if not record:
+        return False
+    saved = Path(str(peft_model.get_base_model().name_or_path or "")) / "config.json"
+    return not saved.is_file() or json.loads(saved.read_text()).get(RECORD_KEY) != json.loads(
+        json.dumps(record)
+    )
+
+
 def save_adapter(
     peft_model: PeftModel,
     path: str | os.PathLike,
@@ -125,6 +141,10 @@ def save_adapter(
     adapter in ``path/<name>/``), so ``PeftModel.from_pretrained(base, path)`` loads it as ``"default"`` and
     ``peft_model.load_adapter(path, adapter_name="task_a")`` loads it under its name. Save several adapters to
     several folders. Returns ``path``.
+
+    A base built by `student_from_teacher` and not loaded from a saved folder exists nowhere on disk, so no name
+    would find it: it is saved (without the adapters) to ``path/base`` and ``base_model_name_or_path`` records that
+    folder's absolute path, so ``AutoPeftModelForCausalLM.from_pretrained(path)`` loads base and adapter alike.
     """
     name = lora_adapter_name(peft_model, adapter_name)
     strength = _check_strength(get_adapter_strength(peft_model, name) if strength is None else strength)
@@ -136,6 +156,10 @@ def save_adapter(
     }
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    if _unsaved_student(peft_model):
+        base = out / BASE_FOLDER
+        copy.deepcopy(peft_model).unload().save_pretrained(base)
+        baked.base_model_name_or_path = str(base.resolve())
     peft_model.peft_config[name] = baked
     try:
         with tempfile.TemporaryDirectory(dir=out, prefix=".save_adapter-") as staging:

@@ -312,6 +312,9 @@ def _student_config(
     if sizes["hidden_size"] is not None:
         config.hidden_size = sizes["hidden_size"]
     setattr(config, RECORD_KEY, record)
+    # The student exists nowhere on disk yet: the teacher's name would make PEFT name the teacher as the base of
+    # an adapter trained on the student (save_adapter saves the student with the adapter instead).
+    config.name_or_path = ""
     return config
 
 

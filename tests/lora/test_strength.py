@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM
 
 from hf_enhance.lora import (
     RankSchedule,
@@ -150,3 +151,34 @@ def test_non_uniform_strength_is_reported() -> None:
     )
     with pytest.raises(ValueError, match="different strengths"):
         get_adapter_strength(peft_model)
+
+
+def test_an_adapter_on_a_built_student_reloads_with_auto_peft_to_identical_logits(tmp_path: Path) -> None:
+    from peft import AutoPeftModelForCausalLM
+
+    from hf_enhance import student_from_teacher
+    from tests.students.tiny import tiny_teacher, token_ids
+
+    teacher = tiny_teacher("llama")
+    teacher.save_pretrained(tmp_path / "teacher")  # a teacher on disk, as users have one
+    teacher.name_or_path = str(tmp_path / "teacher")
+    student = student_from_teacher(teacher, num_layers=1, layer_strategy="uniform", progress=False)
+    peft_model = get_peft_model(student, lora_config(student, "attention", init_lora_weights=False)).eval()
+    ids = token_ids()
+    expected = peft_model(input_ids=ids).logits
+    save_adapter(peft_model, tmp_path / "adapter")
+    recorded = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ]
+    assert recorded == str((tmp_path / "adapter" / "base").resolve())  # the pruned student, not the teacher
+    reloaded = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter").eval()
+    assert reloaded.get_base_model().config.num_hidden_layers == 1
+    assert torch.equal(reloaded(input_ids=ids).logits, expected)
+    # A student loaded from its saved folder is found by that name: no second copy of the base.
+    student.save_pretrained(tmp_path / "student")
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    save_adapter(get_peft_model(loaded, lora_config(loaded, "attention")), tmp_path / "adapter2")
+    assert not (tmp_path / "adapter2" / "base").exists()
+    assert json.loads((tmp_path / "adapter2" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ] == str(tmp_path / "student")
