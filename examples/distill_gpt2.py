@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -262,6 +263,13 @@ class ExampleTrainingArguments(DistillationTrainingArguments):
     save_only_model: bool = field(
         default=True,
         metadata={"help": "Checkpoints hold the model only (set False to resume training from them)."},
+    )
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the checkpoint-* folders after a finished run (the best model is saved to output_dir "
+            "either way; a second copy of it only costs disk)."
+        },
     )
     bf16_on_cpu: bool = field(
         default=True,
@@ -807,6 +815,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
             results["report"] = comparison.to_dict()
             results["wall_time_s"]["report"] = round(time.perf_counter() - phase, 1)
+        tidy_output_dir(output_dir, keep_checkpoints=training_args.keep_checkpoints)
+        results["wall_time_s"]["total"] = round(
+            time.perf_counter() - started, 1
+        )  # every phase, the report too
         write_json_atomically(output_dir / "results.json", results)
         plot_curves(runs, output_dir / "curves.png", {"teacher": teacher_ppl})
         print(report(results, output_dir))
@@ -815,6 +827,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     distiller.accelerator.wait_for_everyone()
     distiller.accelerator.end_training()
     return results
+
+
+def tidy_output_dir(output_dir: Path, keep_checkpoints: bool) -> None:
+    """Leave one copy of the model: the finished run's checkpoint folders go (unless kept), and so do the empty
+    folders the comparison runs' Trainers created."""
+    for folder in output_dir.iterdir():
+        if folder.is_dir() and folder.name.startswith("checkpoint-") and not keep_checkpoints:
+            shutil.rmtree(folder)
+        elif folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def comparison_only(training_args: ExampleTrainingArguments, name: str) -> dict[str, Any]:

@@ -110,6 +110,11 @@ def test_teacher_text_path_writes_a_reloadable_student_results_and_curves(
         "CE only (alpha=0)",
         "fresh start, distilled",
     }
+    # One copy of the model and no empty folders; the printed wall time covers every phase, the report's too.
+    assert not [path for path in output_dir.iterdir() if path.is_dir()]
+    assert len(list(output_dir.glob("*.safetensors"))) == 1
+    phases = results["wall_time_s"]
+    assert phases["total"] >= sum(value for name, value in phases.items() if name != "total")
 
     student = AutoModelForCausalLM.from_pretrained(output_dir)
     assert type(student).__name__ == "GPT2LMHeadModel" and student.config.num_hidden_layers == 1
@@ -493,3 +498,17 @@ def test_the_script_reports_bad_flags_like_argparse(
     err = capsys.readouterr().err
     assert err.startswith("usage: ") and re.search(f"distill_gpt2.py: error: .*{message}", err)
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_output_folder_keeps_one_model_copy_unless_checkpoints_are_kept(
+    tmp_path: Path, keep: bool
+) -> None:
+    for folder in ("checkpoint-4", "checkpoint-8", "ce_only", "fresh", "notes"):
+        (tmp_path / folder).mkdir()
+    for file in ("checkpoint-8/model.safetensors", "notes/mine.txt", "model.safetensors"):
+        (tmp_path / file).write_text("x")
+    distill_gpt2.tidy_output_dir(tmp_path, keep_checkpoints=keep)
+    left = sorted(path.name for path in tmp_path.iterdir())
+    checkpoints = ["checkpoint-8"] if keep else []  # an empty checkpoint folder goes either way
+    assert left == sorted([*checkpoints, "model.safetensors", "notes"])
