@@ -357,7 +357,8 @@ class DistillationTrainer(EnhancedTrainer):
         if self.on_policy is None or not batches:
             return batches, num_items
         student = self.accelerator.unwrap_model(self.model)
-        generated = self.on_policy.swap(batches, self.state.global_step, student)
+        gather = self.accelerator.gather if self.args.world_size > 1 else None
+        generated = self.on_policy.swap(batches, self.state.global_step, student, gather)
         if generated is None:
             return batches, num_items
         return generated, self._count_batch_items(generated, device)

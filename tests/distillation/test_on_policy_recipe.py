@@ -137,3 +137,18 @@ def test_prompts_that_outgrow_a_models_positions_are_refused_before_generating(
         ValueError, match=r"68 positions, but the student takes at most 64.*max_prompt_length=56"
     ):
         trainer.on_policy.generate(trainer.model, batch)
+
+
+def test_a_prompt_too_long_on_another_rank_is_refused_on_every_rank(tokenizer, tmp_path: Path) -> None:
+    """With several processes the step's longest prompt is gathered before generating: a rank whose own prompts
+    fit raises with the rank whose prompts do not, instead of waiting for it in the next collective."""
+    trainer = _trainer(tokenizer, tmp_path, lmbda=1.0, max_new_tokens=8)
+    prompt = torch.ones(1, 10, dtype=torch.long)  # fits here
+    batch = {"prompt_input_ids": prompt, "prompt_attention_mask": torch.ones_like(prompt)}
+
+    def gather(mine: torch.Tensor) -> torch.Tensor:  # this rank's longest prompt, and another rank's
+        return torch.cat([mine, torch.tensor([60])])
+
+    with pytest.raises(ValueError, match=r"prompts are 60 tokens long.*max_prompt_length=56"):
+        trainer.on_policy.swap([batch], 0, trainer.model, gather)
+    assert trainer.on_policy.swap([batch], 0, trainer.model, None)[0]["prompt_input_ids"].shape[1] == 10

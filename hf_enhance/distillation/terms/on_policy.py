@@ -247,8 +247,19 @@ class OnPolicySampler:
             return True
         return random.Random(f"{self.args.seed}:{step}").random() < lmbda
 
-    def swap(self, batches: list[Any], step: int, student: nn.Module) -> list[Any] | None:
-        """The step's micro-batches with generated completions, or None when this step keeps the dataset's."""
+    def swap(
+        self,
+        batches: list[Any],
+        step: int,
+        student: nn.Module,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> list[Any] | None:
+        """The step's micro-batches with generated completions, or None when this step keeps the dataset's.
+
+        ``gather`` (the accelerator's, with several processes) collects every process's longest prompt first, so
+        prompts too long for the models are refused on every rank together, not on one while the others wait in
+        a collective.
+        """
         on_policy = self.is_on_policy_step(step)
         if not on_policy and not self.args.seq_kd:
             self._logs["on_policy"].append(0.0)
@@ -259,6 +270,11 @@ class OnPolicySampler:
                 f"The batch has no {missing}: on-policy distillation and seq_kd need the prompts alone for "
                 "generation. Collate prompt/completion rows with hf_enhance.PromptCompletionCollator."
             )
+        longest = max(int(batch["prompt_input_ids"].shape[1]) for batch in batches)
+        if gather is not None:
+            mine = torch.tensor([longest], device=batches[0]["prompt_input_ids"].device)
+            longest = int(gather(mine).max())
+        self.check_length(longest)
         generator = student if on_policy else self.teacher
         began = time.perf_counter()
         batches = [
