@@ -7,7 +7,7 @@ _moved.install()
 # ruff: noqa: E402
 from hf_enhance.distillation.arguments import DistillationTrainingArguments
 from hf_enhance.distillation.placement.fsdp2 import shard_teacher, vocab_parallel_distillation_loss
-from hf_enhance.distillation.report import TeacherStudentReport, teacher_student_report
+from hf_enhance.distillation.report import TeacherStudentReport, grade_own_answers, teacher_student_report
 from hf_enhance.distillation.sources.classifier_cache import CachedTeacher
 from hf_enhance.distillation.sources.lm_cache import (
     TeacherCacheCollator,
@@ -39,6 +39,7 @@ __all__ = [
     "distillation_loss",
     "fused_distillation_loss",
     "generate_teacher_texts",
+    "grade_own_answers",
     "hidden_state_loss",
     "load_teacher_cache",
     "shard_teacher",

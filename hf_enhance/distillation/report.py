@@ -21,6 +21,9 @@ the same held-out prompt/completion rows:
 - ``parameters``, ``answer_length`` (mean generated tokens per answer) and ``tokens_per_second`` (generated
   tokens over generation wall time, same batches for both).
 
+`grade_own_answers` gives one model's side alone (its own answers graded by the teacher), for comparing many
+students with one teacher.
+
 Answers stop at any of the run's stop ids (`stop_token_ids`: both models' generation-config EOS ids, the
 tokenizer's EOS and the chat template's end of turn).
 """
@@ -42,7 +45,7 @@ from hf_enhance.distillation.terms.on_policy import generation_mode, sample_comp
 from hf_enhance.distillation.terms.prompts import PromptCompletionCollator, completion_batch, stop_token_ids
 from hf_enhance.files import write_json_atomically
 
-__all__ = ["ModelReport", "TeacherStudentReport", "teacher_student_report"]
+__all__ = ["ModelReport", "TeacherStudentReport", "grade_own_answers", "teacher_student_report"]
 
 REPORT_NAME = "teacher_student_report"
 _SCORED_KEYS = ("input_ids", "attention_mask", "position_ids")
@@ -89,7 +92,7 @@ class TeacherStudentReport:
         json_path, png_path = output / f"{REPORT_NAME}.json", output / f"{REPORT_NAME}.png"
         write_json_atomically(json_path, self.to_dict())
         panels = (
-            ("perplexity", "held-out perplexity"),
+            ("perplexity", "perplexity on the held-out\nreport rows' completions"),
             ("teacher_nll_of_own_answers", "teacher NLL of own answers\n(nats/token)"),
             ("reverse_kl_of_own_answers", "KL(model || teacher)\non own answers (nats/token)"),
             ("tokens_per_second", "generated tokens / s"),
@@ -140,22 +143,8 @@ def teacher_student_report(
             generation timed against the teacher alone), one at a time as assisted generation runs; 0 skips it.
         output_dir: when given, ``teacher_student_report.json`` and ``.png`` are written there.
     """
-    rows = list(rows)
-    if not rows:
-        raise ValueError(
-            "rows is empty: the report needs held-out prompt/completion rows to compare the models on."
-        )
-    _check_settings(max_new_tokens, temperature, top_p, batch_size, draft_rows)
-    collator = PromptCompletionCollator(tokenizer)
-    batches = [collator(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
-    settings = {
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "top_p": top_p,
-        "seed": seed,
-        "stop_ids": stop_token_ids(tokenizer, teacher, student),
-        "pad_token_id": collator.pad_token_id,
-    }
+    batches, settings = _prepared(tokenizer, rows, (teacher, student), max_new_tokens, temperature, top_p,
+                                  batch_size, seed, draft_rows)  # fmt: skip
     with generation_mode(teacher), generation_mode(student):
         nll = {"teacher": 0.0, "student": 0.0}
         agree, tokens = 0, 0
@@ -192,13 +181,70 @@ def teacher_student_report(
         top1_agreement=agree / tokens,
         draft_acceptance=acceptance,
         assisted=assisted,
-        held_out_rows=len(rows),
+        held_out_rows=sum(len(batch["labels"]) for batch in batches),
         completion_tokens=tokens,
         settings={**settings, "draft_rows": draft_rows},
     )
     if output_dir is not None:
         report.save(output_dir)
     return report
+
+
+def grade_own_answers(
+    model: nn.Module,
+    teacher: nn.Module,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+    seed: int = 1234,
+) -> dict[str, float]:
+    """``model`` answers the prompts of ``rows`` and ``teacher`` grades every generated token: one side of
+    `teacher_student_report`, without the teacher's own answers or the draft measurements (for comparing many
+    students with one teacher).
+
+    Returns per generated token ``teacher_nll_of_own_answers``, ``entropy_of_own_answers`` and
+    ``reverse_kl_of_own_answers`` (KL(model ‖ teacher), full vocabulary, T = 1), and ``answer_length`` and
+    ``tokens_per_second``; the settings mean what they mean in `teacher_student_report`.
+    """
+    batches, settings = _prepared(tokenizer, rows, (teacher, model), max_new_tokens, temperature, top_p,
+                                  batch_size, seed, 0)  # fmt: skip
+    with generation_mode(teacher), generation_mode(model):
+        return _answers(model, teacher, batches, settings)
+
+
+def _prepared(
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    models: tuple[nn.Module, nn.Module],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int,
+    seed: int,
+    draft_rows: int,
+) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """The rows collated into batches, and the generation settings every answer is sampled with."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError(
+            "rows is empty: the report needs held-out prompt/completion rows to compare the models on."
+        )
+    _check_settings(max_new_tokens, temperature, top_p, batch_size, draft_rows)
+    collator = PromptCompletionCollator(tokenizer)
+    batches = [collator(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+        "stop_ids": stop_token_ids(tokenizer, *models),
+        "pad_token_id": collator.pad_token_id,
+    }
+    return batches, settings
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -1,4 +1,5 @@
-"""benchmarks/on_policy.py --tiny: every row trains with its own completions and the results are written."""
+"""benchmarks/on_policy.py --tiny: every row continues one start with its own completions, per seed, and the
+results (means, standard errors, paired gaps, goals) are written."""
 
 from __future__ import annotations
 
@@ -6,31 +7,76 @@ import json
 import math
 from pathlib import Path
 
+from _sorting import sorting_rows
 from on_policy import ROWS, TRL_ROWS, main
 
 
-def test_tiny_run_trains_every_row_and_writes_the_results(tmp_path: Path) -> None:
-    payload = main(["--tiny", "--output", str(tmp_path / "on_policy")])
+def test_tiny_chat_run_trains_every_row_per_seed_and_writes_the_results(tmp_path: Path) -> None:
+    payload = main(["--tiny", "--trl", "true", "--seeds", "0,1,2", "--output", str(tmp_path / "on_policy")])
     assert json.loads((tmp_path / "on_policy.json").read_text()) == json.loads(json.dumps(payload))
     report = (tmp_path / "on_policy.md").read_text()
     assert "python benchmarks/on_policy.py --tiny" in report
-    rows = {row["row"]: row for row in payload["rows"]}
-    assert list(rows) == [*ROWS, *TRL_ROWS]
-    for name, row in rows.items():
-        assert math.isfinite(row["teacher_nll_of_student_text"]) and f"| {name} |" in report
-        assert row["median_step_s"] > 0 and row["peak_mib"] is not None
-        fractions = [log["on_policy_fraction"] for log in row["log_history"] if "on_policy_fraction" in log]
-        if name == "lmbda_1":
+    assert [(run["row"], run["seed"]) for run in payload["runs"]] == [
+        (row, seed) for seed in (0, 1, 2) for row in [*ROWS, *TRL_ROWS]
+    ]
+    for run in payload["runs"]:
+        assert math.isfinite(run["reverse_kl"]) and run["reverse_kl"] >= 0 and run["median_step_s"] > 0
+        fractions = [log["on_policy_fraction"] for log in run["log_history"] if "on_policy_fraction" in log]
+        if run["row"] == "lmbda_1":
             assert fractions and all(value == 1.0 for value in fractions)
-        if name in ("off_policy", "seq_kd"):
+        if run["row"] in ("off_policy", "seq_kd"):
             assert all(value == 0.0 for value in fractions)
-        if name == "seq_kd":  # the teacher generated: completion lengths were logged
-            assert any("completion_length" in log for log in row["log_history"])
+        if run["row"] == "seq_kd":  # the teacher generated: completion lengths were logged
+            assert any("completion_length" in log for log in run["log_history"])
+    for name, row in payload["summary"].items():
+        assert row["seeds"] == 3 and f"| {name} |" in report
+        values = [run["reverse_kl"] for run in payload["runs"] if run["row"] == name]
+        assert math.isclose(row["reverse_kl"]["mean"], sum(values) / 3)
+        starts = [payload["start"]["per_seed"][seed]["reverse_kl"] for seed in (0, 1, 2)]
+        changes = [value - start for value, start in zip(values, starts, strict=True)]
+        assert math.isclose(row["reverse_kl_change"]["mean"], sum(changes) / 3, abs_tol=1e-12)
+    gap = payload["gaps"]["off_policy_minus_lmbda_1_reverse_kl"]
+    per_seed = [
+        next(r["reverse_kl"] for r in payload["runs"] if r["row"] == "off_policy" and r["seed"] == seed)
+        - next(r["reverse_kl"] for r in payload["runs"] if r["row"] == "lmbda_1" and r["seed"] == seed)
+        for seed in (0, 1, 2)
+    ]
+    assert math.isclose(gap["mean"], sum(per_seed) / 3, abs_tol=1e-12) and gap["seeds"] == 3
     assert set(payload["goals"]) == {
-        "on_policy_lowers_the_teacher_nll_of_the_students_text",
-        "on_policy_after_off_policy_lowers_it",
-        "step_time_at_most_0.7x_trl_gkd_at_lmbda_1",
+        "lmbda_1_lowers_reverse_kl_below_off_policy_by_2_standard_errors",
+        "step_time_at_most_0.5x_trl_gkd_at_lmbda_1",
         "peak_memory_at_most_0.5x_trl_gkd_at_lmbda_1",
     }
-    assert set(payload["versus_trl_gkd"]) == {"step_time_ratio", "peak_memory_ratio"}
+    assert set(payload["summary"]["lmbda_1"]["versus_trl_gkd"]) == {"step_time_ratio", "peak_memory_ratio"}
     assert "against TRL GKDTrainer lmbda = 1" in report
+
+
+def test_tiny_sorting_run_scores_exact_answers(tmp_path: Path) -> None:
+    payload = main(
+        [
+            "--tiny",
+            "--task",
+            "sorting",
+            "--rows",
+            "off_policy,lmbda_1",
+            "--output",
+            str(tmp_path / "s"),
+            "--cache_dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert payload["teacher"]["teacher"]["steps"] == 2
+    for run in payload["runs"]:
+        assert 0 <= run["exact_match"] <= 1
+    assert "exact_match" in payload["summary"]["lmbda_1"]
+    assert set(payload["goals"]) == {"best_on_policy_or_mixed_row_beats_off_policy_exact_match"}
+    assert "exact match" in (tmp_path / "s.md").read_text()
+
+
+def test_sorting_problems_are_seeded_and_answered_in_order() -> None:
+    rows = sorting_rows(20, seed=3)
+    assert list(rows) == list(sorting_rows(20, seed=3)) and list(rows) != list(sorting_rows(20, seed=4))
+    for row in rows:
+        numbers = [int(word) for word in row["messages"][0]["content"].rsplit(":", 1)[1].split()]
+        answer = [int(word) for word in row["messages"][1]["content"].split()]
+        assert len(set(numbers)) == 5 and answer == sorted(numbers)

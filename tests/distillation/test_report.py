@@ -13,7 +13,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedTokenizerFast
 
-from hf_enhance.distillation import teacher_student_report
+from hf_enhance.distillation import grade_own_answers, teacher_student_report
 from tests.distillation.test_on_policy import gpt2, prompt_completion_rows
 from tests.examples.tiny_lm import tiny_tokenizer
 
@@ -137,3 +137,21 @@ def test_bad_input_is_refused_before_any_work(
     rows = prompt_completion_rows() if rows is None else rows
     with pytest.raises(ValueError, match=message):
         teacher_student_report(gpt2(tokenizer, 1), gpt2(tokenizer, 2), tokenizer, rows, **fields)
+
+
+def test_grading_one_model_equals_its_side_of_the_report(tokenizer: PreTrainedTokenizerFast) -> None:
+    teacher, student = gpt2(tokenizer, 1), gpt2(tokenizer, 2)
+    settings = {"max_new_tokens": 5, "batch_size": 4, "seed": 7}
+    report = teacher_student_report(
+        teacher, student, tokenizer, prompt_completion_rows(), draft_rows=0, **settings
+    )
+    graded = grade_own_answers(student, teacher, tokenizer, prompt_completion_rows(), **settings)
+    for name in ("teacher_nll_of_own_answers", "entropy_of_own_answers", "reverse_kl_of_own_answers"):
+        assert graded[name] == pytest.approx(getattr(report.student, name), rel=1e-6)
+    assert graded["answer_length"] == report.student.answer_length
+    other_seed = grade_own_answers(
+        student, teacher, tokenizer, prompt_completion_rows(), **{**settings, "seed": 8}
+    )
+    assert other_seed["teacher_nll_of_own_answers"] != graded["teacher_nll_of_own_answers"]
+    with pytest.raises(ValueError, match="rows is empty"):
+        grade_own_answers(student, teacher, tokenizer, [], **settings)
