@@ -2,8 +2,8 @@
 task with exact answers; against TRL's on-policy trainers on cost.
 
     accelerate launch examples/distill_gpt2.py   # first: the main job writes the healed start (outputs/distill_gpt2)
-    python benchmarks/on_policy.py                        # chat prompts, from the main job's student (~35 min, 2 CPUs)
-    python benchmarks/on_policy.py --task sorting         # a task with exact answers (~40 min, 2 CPUs)
+    python benchmarks/on_policy.py                        # chat prompts, from the main job's student (~70 min, 2 CPUs)
+    python benchmarks/on_policy.py --task sorting         # a task with exact answers (not yet run in full)
     python benchmarks/on_policy.py --rows lmbda_1 --seeds 0 --max_steps 5 --trl true   # cost against TRL
     python benchmarks/on_policy.py --tiny                 # tiny random models: a smoke test (< 1 min)
 
