@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from _sorting import sorting_rows
 from on_policy import ROWS, TRL_ROWS, main
 
@@ -80,3 +81,10 @@ def test_sorting_problems_are_seeded_and_answered_in_order() -> None:
         numbers = [int(word) for word in row["messages"][0]["content"].rsplit(":", 1)[1].split()]
         answer = [int(word) for word in row["messages"][1]["content"].split()]
         assert len(set(numbers)) == 5 and answer == sorted(numbers)
+
+
+def test_a_chat_run_without_the_main_jobs_student_says_how_to_make_it(tmp_path: Path) -> None:
+    from on_policy import BenchmarkArguments, chat_setup
+
+    with pytest.raises(FileNotFoundError, match=r"Run `accelerate launch examples/distill_gpt2\.py` first"):
+        chat_setup(BenchmarkArguments(start=str(tmp_path / "no_student")))  # refused before the teacher loads

@@ -59,3 +59,10 @@ def test_too_few_prompts_is_refused_before_the_teacher_loads(tmp_path: Path) -> 
     missing_teacher = tmp_path / "no_such_teacher"
     with pytest.raises(ValueError, match="held_out_prompts is 6"):
         draft_model.main(flags(missing_teacher, tmp_path, held_out_prompts=len(PROMPTS)))
+
+
+def test_a_missing_prompts_file_is_refused_before_the_teacher_loads(tmp_path: Path) -> None:
+    argv = flags(tmp_path / "no_such_teacher", tmp_path)
+    argv[argv.index("--prompts_file") + 1] = str(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError, match=r"missing\.txt does not exist"):
+        draft_model.main(argv)
